@@ -1,0 +1,3 @@
+from foodpipe.cli import main
+
+raise SystemExit(main())

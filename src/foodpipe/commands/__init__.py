@@ -1,0 +1,1 @@
+"""Subcommand modules of the ``foodpipe`` CLI (see foodpipe.cli)."""

@@ -1,0 +1,213 @@
+"""Kafka client configuration and topic administration, in one place.
+
+Every librdkafka configuration dict foodpipe uses is built here, so the producer, the
+consumer, the admin tools and the tests can never disagree about a setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from foodpipe.settings import Settings
+
+
+class BrokerUnreachable(Exception):
+    """No broker answered within the deadline. ``str()`` is one line."""
+
+
+class _RepeatFilter(logging.Filter):
+    """Let each distinct librdkafka message through once per ``window_s``.
+
+    A broker that is down makes librdkafka repeat the same connection error many times
+    a second; one line says it as well as a hundred.
+    """
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Strip the "(after 3ms in state CONNECT)" tail so repeats compare equal.
+        key = record.getMessage().split(" (after ")[0]
+        now = time.monotonic()
+        if now - self._last.get(key, -self._window_s) < self._window_s:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+#: librdkafka's own log lines go through this stdlib logger, so they come out as the
+#: same JSON lines as foodpipe's instead of raw text on stderr.
+RDKAFKA_LOGGER = logging.getLogger("librdkafka")
+RDKAFKA_LOGGER.addFilter(_RepeatFilter())
+
+
+def common_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": "foodpipe",
+        "logger": RDKAFKA_LOGGER,
+    }
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """An idempotent producer that loses nothing it has confirmed.
+
+    - ``enable.idempotence`` + ``acks=all``: a retried send cannot duplicate or reorder
+      a message within a partition, and a confirmation means every in-sync replica has it.
+    - ``linger.ms``/``compression.type``: wait a few ms to fill batches, then compress
+      them; JSON orders compress well and the broker stores fewer bytes.
+    - ``queue.buffering.max.*``: bound the local queue (librdkafka's default allows about
+      1 GiB) so the producer fits a 128 MB container even when the broker stalls; a full
+      queue raises ``BufferError``, which the producer handles by polling.
+    """
+    config = {
+        **common_config(settings),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 10,
+        "compression.type": "lz4",
+        "batch.size": 256 * 1024,
+        "queue.buffering.max.messages": 50_000,
+        "queue.buffering.max.kbytes": 16 * 1024,
+        "delivery.timeout.ms": 120_000,
+    }
+    config.update(overrides)
+    return config
+
+
+def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """A consumer that never commits an offset on its own.
+
+    ``enable.auto.commit=false`` and ``enable.auto.offset.store=false``: the consumer
+    stores and commits offsets itself, and only after the database transaction that holds
+    the rows has committed. ``auto.offset.reset=earliest``: a brand-new group starts at
+    the beginning of the topic instead of skipping what is already there.
+    ``queued.max.messages.kbytes``/``fetch.max.bytes`` bound the prefetch queue so a
+    large backlog cannot push the process past its memory limit.
+    """
+    config = {
+        **common_config(settings),
+        "group.id": settings.kafka_consumer_group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "queued.max.messages.kbytes": 8 * 1024,
+        "fetch.max.bytes": 8 * 1024 * 1024,
+        "max.partition.fetch.bytes": 2 * 1024 * 1024,
+        "session.timeout.ms": 45_000,
+        "max.poll.interval.ms": 300_000,
+    }
+    config.update(overrides)
+    return config
+
+
+def admin_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    config = common_config(settings)
+    config.update(overrides)
+    return config
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    config: Mapping[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The orders topic and its dead-letter topic.
+
+    The DLQ keeps the same partition count, so a dead-lettered message can stay on the
+    partition of its key, and a longer retention (30 days) because someone has to look
+    at it before it expires.
+    """
+    orders = TopicSpec(
+        settings.kafka_topic,
+        settings.kafka_topic_partitions,
+        settings.kafka_replication_factor,
+        {"retention.ms": str(settings.kafka_retention_ms)},
+    )
+    dlq = TopicSpec(
+        settings.kafka_dlq_topic,
+        settings.kafka_topic_partitions,
+        settings.kafka_replication_factor,
+        {"retention.ms": str(30 * 24 * 3600 * 1000)},
+    )
+    return [orders, dlq]
+
+
+def wait_for_broker(admin: AdminClient, settings: Settings, timeout_s: float) -> None:
+    """Poll the cluster's metadata until a broker answers or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    last_error = "no answer"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BrokerUnreachable(
+                f"cannot reach Kafka at {settings.kafka_bootstrap_servers} within "
+                f"{timeout_s:g}s ({last_error}); is the broker running? "
+                "Check KAFKA_BOOTSTRAP_SERVERS"
+            )
+        try:
+            metadata = admin.list_topics(timeout=min(2.0, max(remaining, 0.1)))
+        except KafkaException as exc:
+            last_error = str(exc.args[0].str() if exc.args else exc)
+            continue
+        if metadata.brokers:
+            return
+
+
+def ensure_topics(
+    admin: AdminClient, specs: list[TopicSpec], timeout_s: float = 30.0
+) -> dict[str, str]:
+    """Create each topic unless it exists. Returns ``{name: "created" | "exists"}``.
+
+    Idempotent. An existing topic with a different partition count is reported, not
+    altered: adding partitions remaps keys to partitions, which breaks per-customer
+    ordering, so that is a decision for a human.
+    """
+    existing = admin.list_topics(timeout=timeout_s).topics
+    result: dict[str, str] = {}
+    to_create = []
+    for spec in specs:
+        if spec.name in existing:
+            have = len(existing[spec.name].partitions)
+            result[spec.name] = (
+                "exists" if have == spec.partitions else f"exists with {have} partitions"
+            )
+        else:
+            to_create.append(
+                NewTopic(
+                    spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=spec.replication_factor,
+                    config=dict(spec.config),
+                )
+            )
+    if to_create:
+        futures = admin.create_topics(to_create, operation_timeout=timeout_s)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout_s)
+                result[name] = "created"
+            except KafkaException as exc:
+                error = exc.args[0]
+                # Another process created it between our check and our request.
+                if error.name() == "TOPIC_ALREADY_EXISTS":
+                    result[name] = "exists"
+                else:
+                    raise
+    return result

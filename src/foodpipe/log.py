@@ -1,0 +1,80 @@
+"""Structured logging, set up in one place.
+
+Services log through structlog. Lines are JSON when stdout is not a terminal (containers,
+CI, ``docker compose logs``) and human-readable on a terminal. Per-message context
+(order_id, topic, partition, offset) is bound by the caller with ``log.bind(...)``.
+
+A processor scrubs passwords from any string that looks like a connection URL, so a
+DATABASE_URL can never leak into a log line, whoever logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@")
+
+
+def scrub(text: str) -> str:
+    """Replace the password of every ``scheme://user:password@`` in ``text`` with ***."""
+    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def _scrub_secrets(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "://" in value:
+            event_dict[key] = scrub(value)
+    return event_dict
+
+
+def configure_logging(
+    level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None
+) -> None:
+    """Configure structlog and the stdlib root logger to write one format to ``stream``."""
+    out = stream if stream is not None else sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        _scrub_secrets,
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    # Third-party libraries log through stdlib logging; render them the same way.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def get_logger(name: str, **context: Any) -> Any:
+    """A structlog logger carrying ``logger=name`` and any extra bound context."""
+    return structlog.get_logger().bind(logger=name, **context)

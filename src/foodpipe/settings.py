@@ -1,0 +1,208 @@
+"""The one validated settings object.
+
+Every service reads its configuration here, once, at start-up (never at import time),
+from the process environment and an optional ``.env`` file. Field names map to
+upper-case environment variables: ``kafka_bootstrap_servers`` <- ``KAFKA_BOOTSTRAP_SERVERS``.
+
+A bad value raises :class:`ConfigError` whose message is a single line naming the
+variable and what was expected; the CLI prints that line and exits 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+# Values that appear in .env.example. Outside development they are refused so that a
+# copied example file can never reach production with a guessable password.
+PLACEHOLDER_PASSWORDS = frozenset({"change-me", "changeme", "password", "postgres", "foodpipe"})
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed. ``str()`` is one line."""
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """foodpipe configuration. Each field's description feeds the README's table."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    foodpipe_env: Environment = Field(
+        Environment.DEVELOPMENT,
+        description="development or production; production refuses placeholder passwords",
+    )
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:19092",
+        description="Comma-separated host:port list of Kafka brokers to bootstrap from",
+    )
+    kafka_topic: str = Field("food-orders", description="Topic the orders are published to")
+    kafka_dlq_topic: str = Field(
+        "food-orders.dlq", description="Dead-letter topic for messages that are not valid orders"
+    )
+    kafka_consumer_group: str = Field(
+        "order-processors", description="Consumer group id of the consumer service"
+    )
+    kafka_topic_partitions: int = Field(
+        3, ge=1, le=1000, description="Partitions of the orders topic when it is created"
+    )
+    kafka_replication_factor: int = Field(
+        1, ge=1, le=10, description="Replication factor of the topics when they are created"
+    )
+    kafka_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, ge=60_000, description="Retention of the orders topic (7 days)"
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of PostgreSQL, e.g. postgresql+psycopg2://user:pw@host:5432/db;"
+        " when unset it is built from the POSTGRES_* parts",
+    )
+    postgres_host: str = Field("127.0.0.1", description="PostgreSQL host (if no DATABASE_URL)")
+    postgres_port: int = Field(15432, ge=1, le=65535, description="PostgreSQL port")
+    postgres_db: str = Field("foodpipe", description="PostgreSQL database name")
+    postgres_user: str = Field("foodpipe_app", description="PostgreSQL user")
+    postgres_password: SecretStr = Field(
+        SecretStr("change-me"), description="PostgreSQL password (a secret: keep it in .env)"
+    )
+    db_pool_size: int = Field(2, ge=1, le=50, description="SQLAlchemy connection pool size")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto (JSON unless stdout is a terminal), json or console"
+    )
+    order_rate: float = Field(
+        10.0, ge=0, description="Producer orders per second; 0 means as fast as possible"
+    )
+    batch_size: int = Field(500, ge=1, le=100_000, description="Consumer: max messages per batch")
+    batch_timeout_ms: int = Field(
+        1000, ge=1, le=600_000, description="Consumer: max wait to fill a batch, in ms"
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port for /healthz, /readyz, /metrics; 0 turns them off"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the HTTP endpoints bind to (0.0.0.0 in containers)"
+    )
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        entries = [part.strip() for part in value.split(",") if part.strip()]
+        if not entries:
+            raise ValueError("expected host:port[,host:port...]")
+        for entry in entries:
+            match = _HOST_PORT.match(entry)
+            if not match or not 1 <= int(match.group(2)) <= 65535:
+                raise ValueError(f"'{entry}' is not host:port; expected host:port[,host:port...]")
+        return ",".join(entries)
+
+    @field_validator("kafka_topic", "kafka_dlq_topic", "kafka_consumer_group")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+            raise ValueError("expected 1-249 characters of letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        try:
+            url = make_url(value.get_secret_value())
+        except ArgumentError:
+            raise ValueError(
+                "not a URL; expected postgresql+psycopg2://user:password@host:5432/dbname"
+            ) from None
+        if not url.drivername.startswith("postgresql"):
+            raise ValueError(f"driver '{url.drivername}' is not PostgreSQL; expected postgresql://")
+        if not url.host or not url.database:
+            raise ValueError("host and database name are required: postgresql://user:pw@host/db")
+        try:
+            _ = url.port
+        except ValueError:
+            raise ValueError("the port is not a number") from None
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.kafka_dlq_topic == self.kafka_topic:
+            raise ValueError("KAFKA_DLQ_TOPIC must differ from KAFKA_TOPIC")
+        if self.foodpipe_env is Environment.PRODUCTION:
+            password = self.sqlalchemy_url().password
+            if not password or str(password) in PLACEHOLDER_PASSWORDS:
+                raise ValueError(
+                    "the database password is a placeholder; set a real one in .env "
+                    "(FOODPIPE_ENV=production refuses placeholders)"
+                )
+        return self
+
+    def sqlalchemy_url(self) -> URL:
+        """The database URL, always with the psycopg2 driver."""
+        if self.database_url is not None:
+            url = make_url(self.database_url.get_secret_value())
+        else:
+            url = URL.create(
+                "postgresql+psycopg2",
+                username=self.postgres_user,
+                password=self.postgres_password.get_secret_value(),
+                host=self.postgres_host,
+                port=self.postgres_port,
+                database=self.postgres_db,
+            )
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg2")
+        return url
+
+    def redacted_database_url(self) -> str:
+        """Safe to log: the password is replaced by ***."""
+        return self.sqlalchemy_url().render_as_string(hide_password=True)
+
+    def public_view(self) -> dict[str, Any]:
+        """Every setting with secrets masked, for start-up logs."""
+        view = self.model_dump(mode="json")
+        view["database_url"] = self.redacted_database_url()
+        view["postgres_password"] = "***"
+        return view
+
+
+def env_var_name(field_name: str) -> str:
+    return field_name.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate settings, turning pydantic's report into one line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = error.get("loc") or ()
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if loc:
+            parts.append(f"{env_var_name(str(loc[0]))}: {message}")
+        else:
+            parts.append(message)
+    return "invalid configuration: " + "; ".join(parts)
