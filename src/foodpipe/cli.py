@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(module_name: str) -> CommandModule:
-    module: CommandModule = importlib.import_module(module_name)  # type: ignore[assignment]
+    module: CommandModule = importlib.import_module(module_name)
     return module
 
 

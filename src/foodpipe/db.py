@@ -6,6 +6,7 @@ The table definition here must match ``src/database/init.sql`` column for column
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sqlalchemy import (
@@ -36,9 +37,7 @@ orders = Table(
     Column("total_amount", Numeric(10, 2), nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_at", TIMESTAMP(timezone=True), nullable=False),
-    Column(
-        "processed_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()
-    ),
+    Column("processed_at", TIMESTAMP(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("total_amount > 0", name="orders_total_amount_positive"),
     Index("idx_orders_created_at", "created_at"),
     Index("idx_orders_customer_id", "customer_id"),
@@ -54,12 +53,13 @@ def init_sql() -> str:
 
 def migration_sections(path: Path) -> tuple[str, str]:
     """Split a migration file into its ``-- migrate:up`` and ``-- migrate:down`` SQL."""
-    text = path.read_text()
-    _, _, rest = text.partition("-- migrate:up")
-    up, sep, down = rest.partition("-- migrate:down")
-    if not up.strip() or not sep:
+    # The markers are whole lines; the file's header comment may mention them in prose.
+    parts = re.split(r"^-- migrate:(up|down)[ \t]*$", path.read_text(), flags=re.MULTILINE)
+    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
+    up, down = sections.get("up", "").strip(), sections.get("down", "").strip()
+    if not up or not down:
         raise ValueError(f"{path} needs '-- migrate:up' and '-- migrate:down' sections")
-    return up.strip(), down.strip()
+    return up, down
 
 
 def make_engine(settings: Settings, url: URL | None = None) -> Engine:

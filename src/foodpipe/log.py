@@ -35,9 +35,7 @@ def _scrub_secrets(
     return event_dict
 
 
-def configure_logging(
-    level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None
-) -> None:
+def configure_logging(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger to write one format to ``stream``."""
     out = stream if stream is not None else sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())

@@ -85,16 +85,16 @@ class Order(BaseModel):
         try:
             datetime.strptime(match.group(1), "%Y%m%d")
         except ValueError:
-            raise ValueError(f"order_id date part {match.group(1)} is not a calendar date") from None
+            raise ValueError(
+                f"order_id date part {match.group(1)} is not a calendar date"
+            ) from None
         return value
 
     @model_validator(mode="after")
     def _total_matches_items(self) -> Order:
         expected = sum((item.line_total for item in self.items), Decimal(0)).quantize(CENT)
         if self.total_amount != expected:
-            raise ValueError(
-                f"total_amount {self.total_amount} != sum of items {expected}"
-            )
+            raise ValueError(f"total_amount {self.total_amount} != sum of items {expected}")
         return self
 
     def to_json(self) -> bytes:

@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# Run foodpipe's real dependencies as local processes, without Docker:
+#   - Apache Kafka 4.x in KRaft mode (1 node, or 3 for broker-failure tests), from the
+#     official jars resolved from Maven Central into a git-ignored cache;
+#   - PostgreSQL in a private data folder, with the schema and a least-privilege role.
+#
+# Usage: scripts/local_stack.sh COMMAND
+#   start            start whatever is not running (idempotent); prints KEY=VALUE settings
+#   stop             stop everything this stack started; leaves no process behind
+#   status           what runs, the topics and the orders table; exit 1 if something is down
+#   env              print the KEY=VALUE settings only
+#   kafka-kill N     SIGKILL broker N          kafka-stop N / kafka-cont N   SIGSTOP / SIGCONT
+#   kafka-start N    start broker N again      kafka-term N                  SIGTERM and wait
+#   pg-stop          pg_ctl stop -m immediate  pg-start                      start PostgreSQL again
+#
+# Environment (all optional):
+#   STACK_DIR       where data, logs and the jar cache live (default <repo>/.stack)
+#   KAFKA_NODES     1 or 3 (default 1); 3 gives replication 3 and min.insync.replicas 2
+#   KAFKA_PORT      client port of node 1 (default 19092); node N uses KAFKA_PORT+10*(N-1),
+#                   its controller the port after it
+#   PG_PORT         PostgreSQL port (default 15432)
+#   STACK_SERVICES  "kafka pg" (default), or just one of them
+#   PYTHON          the interpreter that has foodpipe installed (default <repo>/.venv/bin/python)
+#
+# Non-default ports keep the stack clear of a Compose stack on 9092/5432 on the same machine.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_DIR=${STACK_DIR:-$REPO/.stack}
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO/scripts/kafka/pom.xml")
+KAFKA_NODES=${KAFKA_NODES:-1}
+KAFKA_PORT=${KAFKA_PORT:-19092}
+PG_PORT=${PG_PORT:-15432}
+STACK_SERVICES=${STACK_SERVICES:-kafka pg}
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+CACHE_DIR=${FOODPIPE_CACHE_DIR:-$REPO/.stack/cache}
+LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
+PG_DIR="$STACK_DIR/pg"
+PG_ADMIN_USER=foodpipe_admin
+PG_APP_USER=foodpipe_app
+PG_DB=foodpipe
+READY_TIMEOUT=${READY_TIMEOUT:-120}
+
+say() { printf 'local_stack: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+has() { [[ " $STACK_SERVICES " == *" $1 "* ]]; }
+
+node_port() { echo $((KAFKA_PORT + 10 * ($1 - 1))); }
+ctrl_port() { echo $((KAFKA_PORT + 10 * ($1 - 1) + 1)); }
+node_dir() { echo "$STACK_DIR/kafka/node$1"; }
+
+bootstrap_servers() {
+  local out="" n
+  for ((n = 1; n <= KAFKA_NODES; n++)); do out+="${out:+,}127.0.0.1:$(node_port "$n")"; done
+  echo "$out"
+}
+
+pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# Wait until "$@" succeeds, polling, or fail after $READY_TIMEOUT seconds.
+poll_until() {
+  local what=$1; shift
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "$what not ready after ${READY_TIMEOUT}s"
+    sleep 0.2
+  done
+}
+
+# ---------------------------------------------------------------- prerequisites
+need_java() {
+  command -v java >/dev/null || die "Java 17+ is missing. Install it: apt-get install -y openjdk-17-jre-headless"
+  local major
+  major=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/ *java.specification.version = //p')
+  ((${major%%.*} >= 17)) || die "Java $major found; Kafka $KAFKA_VERSION needs 17+. Install openjdk-17-jre-headless"
+}
+
+need_python() {
+  [[ -x $PYTHON ]] && "$PYTHON" -c 'import foodpipe, confluent_kafka' 2>/dev/null \
+    || die "no Python with foodpipe at $PYTHON. Run scripts/bootstrap.sh first (or set PYTHON=...)"
+}
+
+pg_bindir() {
+  local d
+  if command -v pg_config >/dev/null && [[ -x "$(pg_config --bindir)/initdb" ]]; then
+    pg_config --bindir; return
+  fi
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [[ -x $d/initdb ]] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+# PostgreSQL refuses to run as root, so as root the server runs as an unprivileged user.
+PG_RUN=()
+pg_setup_user() {
+  if ((EUID == 0)); then
+    local user=postgres
+    id -u "$user" >/dev/null 2>&1 || { user=foodpipe-pg; id -u "$user" >/dev/null 2>&1 || useradd --system --no-create-home "$user"; }
+    PG_RUN=(runuser -u "$user" --)
+    PG_OWNER=$user
+  else
+    PG_OWNER=$(id -un)
+  fi
+}
+
+# ---------------------------------------------------------------- Kafka
+fetch_kafka() {
+  [[ -f $LIBS/.complete ]] && return
+  command -v mvn >/dev/null || die "Maven is missing (it fetches the Kafka jars). Install it: apt-get install -y maven"
+  say "resolving Apache Kafka $KAFKA_VERSION jars into $LIBS (first start only)"
+  rm -rf "$LIBS"; mkdir -p "$LIBS"
+  mvn -q -B -f "$REPO/scripts/kafka/pom.xml" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2 \
+    || die "Maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION; check network access to Maven Central"
+  touch "$LIBS/.complete"
+}
+
+write_kafka_config() {
+  local n=$1 dir voters="" i
+  dir=$(node_dir "$n")
+  mkdir -p "$dir/data" "$dir/logs"
+  for ((i = 1; i <= KAFKA_NODES; i++)); do voters+="${voters:+,}$i@127.0.0.1:$(ctrl_port "$i")"; done
+  local rf=1 isr=1
+  ((KAFKA_NODES >= 3)) && { rf=3; isr=2; }
+  cat >"$dir/server.properties" <<EOF
+# Generated by scripts/local_stack.sh: KRaft combined mode (broker + controller).
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$(node_port "$n"),CONTROLLER://127.0.0.1:$(ctrl_port "$n")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(node_port "$n")
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=3
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+share.coordinator.state.topic.num.partitions=1
+# A test broker: no 3 s wait for more members before the first rebalance.
+group.initial.rebalance.delay.ms=0
+# The cleaner's dedupe buffer sits on the heap; its 128 MiB default is wasted here.
+log.cleaner.dedupe.buffer.size=2097152
+num.network.threads=2
+num.io.threads=2
+background.threads=2
+# Fence a killed broker within ~3 s instead of 9 s (broker-failure tests).
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=3000
+EOF
+}
+
+format_kafka() {
+  local n=$1 dir
+  dir=$(node_dir "$n")
+  [[ -f $dir/data/meta.properties ]] && return
+  local id_file="$STACK_DIR/kafka/cluster.id"
+  [[ -f $id_file ]] || python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode())' >"$id_file"
+  java -cp "$LIBS/*" -Dlog4j2.configurationFile="$REPO/scripts/kafka/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
+    kafka.tools.StorageTool format -t "$(cat "$id_file")" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1 \
+    || die "formatting Kafka storage of node $n failed; see $dir/logs/format.log"
+}
+
+start_kafka_node() {
+  local n=$1 dir
+  dir=$(node_dir "$n")
+  pid_alive "$dir/pid" && return
+  write_kafka_config "$n"
+  format_kafka "$n"
+  # Small-broker JVM: the serial collector and a capped heap keep the idle RSS low;
+  # ExitOnOutOfMemoryError makes an OOM a visible crash instead of a zombie broker.
+  nohup java -Xms128m -Xmx${KAFKA_HEAP_MB:-512}m -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError \
+    -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$REPO/scripts/kafka/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
+    -Dfoodpipe.stack="$STACK_DIR" \
+    -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+}
+
+kafka_ready() {
+  KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers) KAFKA_REPLICATION_FACTOR=$([[ $KAFKA_NODES -ge 3 ]] && echo 3 || echo 1) \
+    LOG_FORMAT=json "$PYTHON" -m foodpipe --env-file /dev/null topics --wait "$READY_TIMEOUT" >"$STACK_DIR/kafka/topics.log" 2>&1
+}
+
+start_kafka() {
+  need_java
+  need_python
+  fetch_kafka
+  local n
+  for ((n = 1; n <= KAFKA_NODES; n++)); do start_kafka_node "$n"; done
+  # Readiness = a metadata call answers and the topics exist (the command polls with a deadline).
+  kafka_ready || die "Kafka did not become ready; see $(node_dir 1)/logs/server.log and $STACK_DIR/kafka/topics.log"
+}
+
+signal_node() {
+  local sig=$1 n=$2 dir
+  dir=$(node_dir "$n")
+  pid_alive "$dir/pid" || die "broker $n is not running"
+  kill "-$sig" "$(cat "$dir/pid")"
+}
+
+wait_gone() {
+  local pid=$1 deadline=$((SECONDS + ${2:-30}))
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then kill -KILL "$pid" 2>/dev/null || true; fi
+    sleep 0.1
+  done
+}
+
+stop_kafka_node() {
+  local n=$1 dir pid
+  dir=$(node_dir "$n")
+  [[ -f $dir/pid ]] || return 0
+  pid=$(cat "$dir/pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -CONT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_gone "$pid" 30
+  fi
+  rm -f "$dir/pid"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+PG_BIN=""
+pg_prepare() {
+  PG_BIN=$(pg_bindir) || die "PostgreSQL server binaries not found. Install them: apt-get install -y postgresql"
+  pg_setup_user
+}
+
+pg_password_file() { echo "$STACK_DIR/pg/secrets"; }
+
+pg_secrets() {
+  local f
+  f=$(pg_password_file)
+  if [[ ! -f $f ]]; then
+    mkdir -p "$(dirname "$f")"
+    (umask 077; printf 'ADMIN_PASSWORD=%s\nAPP_PASSWORD=%s\n' \
+      "$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')" \
+      "$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')" >"$f")
+  fi
+  # shellcheck disable=SC1090
+  source "$f"
+}
+
+pg_running() { "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; }
+
+pg_start_server() {
+  pg_running && return
+  "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t "$READY_TIMEOUT" \
+    -o "-p $PG_PORT -k $PG_DIR/run -c listen_addresses=127.0.0.1" start >/dev/null \
+    || die "PostgreSQL did not start; see $PG_DIR/server.log"
+  poll_until "PostgreSQL" "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
+}
+
+psql_admin() {
+  PGOPTIONS="-c client_min_messages=warning" PGPASSWORD=$ADMIN_PASSWORD "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$PG_ADMIN_USER" "$@"
+}
+
+start_pg() {
+  pg_prepare
+  pg_secrets
+  mkdir -p "$PG_DIR/run"
+  if [[ ! -f $PG_DIR/data/PG_VERSION ]]; then
+    say "initialising PostgreSQL in $PG_DIR/data"
+    mkdir -p "$PG_DIR/data"
+    local pwfile="$PG_DIR/.pw"
+    (umask 077; echo "$ADMIN_PASSWORD" >"$pwfile")
+    chown -R "$PG_OWNER" "$PG_DIR" 2>/dev/null || true
+    "${PG_RUN[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U "$PG_ADMIN_USER" --pwfile="$pwfile" \
+      --auth-local=scram-sha-256 --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$PG_DIR/initdb.log" 2>&1 \
+      || { rm -f "$pwfile"; die "initdb failed; see $PG_DIR/initdb.log"; }
+    rm -f "$pwfile"
+  fi
+  chown -R "$PG_OWNER" "$PG_DIR" 2>/dev/null || true
+  pg_start_server
+  if ! psql_admin -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$PG_DB'" | grep -q 1; then
+    psql_admin -d postgres -c "CREATE DATABASE $PG_DB"
+  fi
+  psql_admin -d "$PG_DB" -f "$REPO/src/database/init.sql"
+  psql_admin -d "$PG_DB" -v app_user="$PG_APP_USER" -v app_password="$APP_PASSWORD" -f "$REPO/src/database/app_role.sql" >/dev/null
+}
+
+stop_pg() {
+  [[ -f $PG_DIR/data/PG_VERSION ]] || return 0
+  pg_prepare
+  pg_running || return 0
+  "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m "${1:-fast}" -w -t 60 stop >/dev/null
+}
+
+# ---------------------------------------------------------------- commands
+print_env() {
+  echo "KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers)"
+  if has pg && [[ -f $(pg_password_file) ]]; then
+    # shellcheck disable=SC1090
+    source "$(pg_password_file)"
+    echo "DATABASE_URL=postgresql+psycopg2://$PG_APP_USER:$APP_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+    echo "DATABASE_ADMIN_URL=postgresql+psycopg2://$PG_ADMIN_USER:$ADMIN_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+  fi
+}
+
+cmd_start() {
+  local t0=$SECONDS
+  mkdir -p "$STACK_DIR"
+  has pg && start_pg
+  has kafka && start_kafka
+  say "ready in $((SECONDS - t0))s (Kafka $KAFKA_VERSION, $KAFKA_NODES node(s); data in $STACK_DIR)"
+  print_env
+}
+
+cmd_stop() {
+  local n
+  if has kafka; then
+    for n in "$STACK_DIR"/kafka/node*; do [[ -d $n ]] && stop_kafka_node "${n##*node}"; done
+    # Nothing left behind, even a broker whose pid file was lost.
+    pkill -KILL -f -- "-Dfoodpipe.stack=$STACK_DIR " 2>/dev/null || true
+  fi
+  has pg && stop_pg fast
+  say "stopped"
+}
+
+cmd_status() {
+  local ok=0 n dir
+  if has kafka; then
+    for dir in "$STACK_DIR"/kafka/node*; do
+      [[ -d $dir ]] || continue
+      n=${dir##*node}
+      if pid_alive "$dir/pid"; then
+        echo "kafka node $n: running (pid $(cat "$dir/pid"), 127.0.0.1:$(node_port "$n"))"
+      else
+        echo "kafka node $n: stopped"; ok=1
+      fi
+    done
+    [[ -d $STACK_DIR/kafka/node1 ]] || { echo "kafka: not started"; ok=1; }
+    if [[ -x $PYTHON ]] && pid_alive "$(node_dir 1)/pid"; then
+      KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers) "$PYTHON" - <<'EOF' || ok=1
+import os, sys
+from confluent_kafka.admin import AdminClient
+admin = AdminClient({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]})
+try:
+    md = admin.list_topics(timeout=10)
+except Exception as exc:  # noqa: BLE001 - a status line, not a crash
+    print(f"kafka: metadata request failed: {exc}"); sys.exit(1)
+print(f"kafka: {len(md.brokers)} broker(s) answering")
+for name in ("food-orders", "food-orders.dlq"):
+    topic = md.topics.get(name)
+    print(f"topic {name}: " + (f"{len(topic.partitions)} partitions" if topic else "missing"))
+    if topic is None: sys.exit(1)
+EOF
+    fi
+  fi
+  if has pg; then
+    if [[ -f $PG_DIR/data/PG_VERSION ]]; then
+      pg_prepare
+      if pg_running; then
+        pg_secrets
+        echo "postgresql: running (127.0.0.1:$PG_PORT, data in $PG_DIR/data)"
+        if psql_admin -d "$PG_DB" -tAc "SELECT 'table orders: ' || count(*) || ' rows' FROM orders" 2>/dev/null; then :; else
+          echo "table orders: missing"; ok=1
+        fi
+      else
+        echo "postgresql: stopped"; ok=1
+      fi
+    else
+      echo "postgresql: not initialised"; ok=1
+    fi
+  fi
+  return $ok
+}
+
+main() {
+  local cmd=${1:-}
+  shift || true
+  case $cmd in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    env) print_env ;;
+    kafka-kill) signal_node KILL "${1:?node number}" ;;
+    kafka-stop) signal_node STOP "${1:?node number}" ;;
+    kafka-cont) signal_node CONT "${1:?node number}" ;;
+    kafka-term) stop_kafka_node "${1:?node number}" ;;
+    kafka-start)
+      need_java; start_kafka_node "${1:?node number}"
+      ;;
+    pg-stop) stop_pg immediate ;;
+    pg-start) pg_prepare; pg_secrets; pg_start_server ;;
+    *)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+      [[ -z $cmd ]] && exit 2
+      die "unknown command '$cmd'"
+      ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,297 @@
+"""Shared fixtures: real Kafka and real PostgreSQL, from one of three places.
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` (plus ``DATABASE_ADMIN_URL`` when
+   the app URL may not create databases) in the environment: use those services.
+2. Otherwise, when a Docker engine answers: testcontainers (apache/kafka in KRaft
+   mode, the official postgres image).
+3. Otherwise: ``scripts/local_stack.sh start`` runs both as local processes.
+
+Services start once per session. Factory fixtures give each test its own topic, DLQ
+topic, consumer group and database, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from foodpipe.db import init_sql, make_engine
+from foodpipe.kafka import admin_config, ensure_topics, topic_specs, wait_for_broker
+from foodpipe.settings import Settings, load_settings
+
+from .support import REPO
+
+APP_ROLE = "foodpipe_test_app"
+TEMPLATE_DB = "foodpipe_test_template"
+KAFKA_IMAGE = "apache/kafka:4.1.1"
+POSTGRES_IMAGE = "postgres:16-alpine"
+
+
+@dataclass
+class Stack:
+    """Where the session's services are, and how to stop/start PostgreSQL."""
+
+    bootstrap: str
+    admin_url: str
+    source: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def script(self, *args: str, timeout: float = 180.0) -> str:
+        """Run ``scripts/local_stack.sh ARGS`` against this stack (local stack only)."""
+        if self.source != "local":
+            pytest.skip(f"needs the local stack to control processes (services from {self.source})")
+        result = subprocess.run(
+            [str(REPO / "scripts" / "local_stack.sh"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"local_stack.sh {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def pg_stop(self) -> None:
+        self.script("pg-stop")
+
+    def pg_start(self) -> None:
+        self.script("pg-start")
+
+
+def _docker_answers() -> bool:
+    if os.environ.get("FOODPIPE_NO_DOCKER"):
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+def _parse_env(text_out: str) -> dict[str, str]:
+    return dict(
+        line.split("=", 1) for line in text_out.splitlines() if re.match(r"^[A-Z_]+=", line)
+    )
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    db_url = os.environ.get("DATABASE_URL")
+    if bootstrap and db_url:
+        yield Stack(bootstrap, os.environ.get("DATABASE_ADMIN_URL", db_url), "environment")
+        return
+    if _docker_answers():
+        yield from _containers()
+        return
+    result = subprocess.run(
+        [str(REPO / "scripts" / "local_stack.sh"), "start"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/local_stack.sh start failed:\n{result.stderr}", pytrace=False)
+    env = _parse_env(result.stdout)
+    yield Stack(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_ADMIN_URL"], "local")
+
+
+def _containers() -> Iterator[Stack]:
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    with (
+        KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka,
+        PostgresContainer(POSTGRES_IMAGE, driver="psycopg2") as pg,
+    ):
+        yield Stack(kafka.get_bootstrap_server(), pg.get_connection_url(), "testcontainers")
+
+
+@pytest.fixture(scope="session")
+def admin_engine(stack: Stack) -> Iterator[Engine]:
+    engine = create_engine(stack.admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def app_password() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_engine: Engine, stack: Stack, app_password: str) -> str:
+    """A database with the schema and the least-privilege role's grants, to copy."""
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{TEMPLATE_DB}"'))
+        exists = conn.execute(
+            text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": APP_ROLE}
+        ).scalar()
+        verb = "ALTER" if exists else "CREATE"
+        # Role names cannot be bound parameters; the password is quoted by format().
+        statement = conn.execute(
+            text(f"SELECT format('{verb} ROLE {APP_ROLE} LOGIN PASSWORD %L', :pw)"),
+            {"pw": app_password},
+        ).scalar_one()
+        conn.execute(text(statement))
+    template_url = make_url(stack.admin_url).set(database=TEMPLATE_DB)
+    engine = create_engine(template_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(init_sql())
+        conn.execute(text(f"GRANT SELECT, INSERT ON orders TO {APP_ROLE}"))
+    engine.dispose()
+    return TEMPLATE_DB
+
+
+@dataclass
+class Pipeline:
+    """Everything one test needs: its own topic, DLQ, group and database."""
+
+    settings: Settings
+    env: dict[str, str]
+    db_admin_url: str
+    engine: Engine
+    admin_engine: Engine
+
+    @property
+    def topic(self) -> str:
+        return self.settings.kafka_topic
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.settings.kafka_dlq_topic
+
+    @property
+    def group(self) -> str:
+        return self.settings.kafka_consumer_group
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap_servers
+
+    def order_ids(self) -> list[str]:
+        with self.admin_engine.connect() as conn:
+            return list(conn.execute(text("SELECT order_id FROM orders")).scalars())
+
+    def row_count(self) -> int:
+        with self.admin_engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM orders")).scalar_one())
+
+
+def _short(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
+
+
+@pytest.fixture
+def new_topic(stack: Stack, request: pytest.FixtureRequest) -> Callable[..., str]:
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+
+    def make(partitions: int = 3) -> str:
+        name = f"t-{_short(request.node.name)}-{uuid.uuid4().hex[:8]}"
+        settings = load_settings(
+            _env_file=None,
+            kafka_bootstrap_servers=stack.bootstrap,
+            kafka_topic=name,
+            kafka_dlq_topic=f"{name}.dlq",
+            kafka_topic_partitions=partitions,
+        )
+        ensure_topics(admin, topic_specs(settings)[:1])
+        return name
+
+    return make
+
+
+@pytest.fixture
+def make_pipeline(
+    stack: Stack,
+    admin_engine: Engine,
+    template_db: str,
+    app_password: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., Pipeline]]:
+    created: list[tuple[str, list[Engine]]] = []
+    admin = AdminClient(
+        admin_config(load_settings(_env_file=None, kafka_bootstrap_servers=stack.bootstrap))
+    )
+    wait_for_broker(
+        admin, load_settings(_env_file=None, kafka_bootstrap_servers=stack.bootstrap), 60
+    )
+
+    def make(partitions: int = 3, **overrides: Any) -> Pipeline:
+        suffix = uuid.uuid4().hex[:8]
+        base = f"{_short(request.node.name)}-{suffix}"
+        db_name = f"fp_{suffix}"
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{db_name}" TEMPLATE "{template_db}"'))
+        admin_url = make_url(stack.admin_url).set(database=db_name)
+        app_url = admin_url.set(username=APP_ROLE, password=app_password)
+        app_url_str = app_url.render_as_string(hide_password=False)
+        values: dict[str, Any] = {
+            "kafka_bootstrap_servers": stack.bootstrap,
+            "kafka_topic": f"orders-{base}",
+            "kafka_dlq_topic": f"orders-{base}.dlq",
+            "kafka_consumer_group": f"group-{base}",
+            "kafka_topic_partitions": partitions,
+            "database_url": app_url_str,
+            "log_format": "json",
+        }
+        values.update(overrides)
+        settings = load_settings(_env_file=None, **values)
+        ensure_topics(admin, topic_specs(settings))
+        env = {key.upper(): str(value) for key, value in values.items()}
+        engine = make_engine(settings)
+        pipe_admin = create_engine(admin_url, pool_pre_ping=True)
+        created.append((db_name, [engine, pipe_admin]))
+        return Pipeline(
+            settings=settings,
+            env=env,
+            db_admin_url=admin_url.render_as_string(hide_password=False),
+            engine=engine,
+            admin_engine=pipe_admin,
+        )
+
+    yield make
+
+    for db_name, engines in created:
+        for engine in engines:
+            engine.dispose()
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pipeline(make_pipeline: Callable[..., Pipeline]) -> Pipeline:
+    """The common case: one pipeline per test."""
+    return make_pipeline()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    """Where subprocess logs of a test go (kept by pytest for failed tests)."""
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration and tests/fault is an integration test."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts or "fault" in parts:
+            item.add_marker(pytest.mark.integration)
