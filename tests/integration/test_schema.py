@@ -95,6 +95,7 @@ def test_total_amount_check_is_enforced(scratch_engine: Engine) -> None:
         conn.execute(
             text(
                 "INSERT INTO orders"
-                " (order_id, customer_id, items, total_amount, status, created_at) VALUES ('ORD-20261122-00001', 'CUST-00001', '[]', 0, 'pending', now())"
+                " (order_id, customer_id, items, total_amount, status, created_at)"
+                " VALUES ('ORD-20261122-00001', 'CUST-00001', '[]', 0, 'pending', now())"
             )
         )
