@@ -35,7 +35,7 @@ STACK_SERVICES=${STACK_SERVICES:-kafka pg}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 CACHE_DIR=${FOODPIPE_CACHE_DIR:-$REPO/.stack/cache}
 LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
-PG_DIR="$STACK_DIR/pg"
+PG_DIR=${PG_DIR:-$STACK_DIR/pg}
 PG_ADMIN_USER=foodpipe_admin
 PG_APP_USER=foodpipe_app
 PG_DB=foodpipe
@@ -53,6 +53,12 @@ bootstrap_servers() {
   local out="" n
   for ((n = 1; n <= KAFKA_NODES; n++)); do out+="${out:+,}127.0.0.1:$(node_port "$n")"; done
   echo "$out"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+need_free_port() {
+  port_busy "$1" && die "port $1 is already in use by another process; stop it or choose another with $2=..."
+  return 0
 }
 
 pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -92,6 +98,8 @@ pg_bindir() {
 }
 
 # PostgreSQL refuses to run as root, so as root the server runs as an unprivileged user.
+# If that user cannot reach the repository (a checkout under /root, say), the data
+# folder moves to /var/tmp, under a name derived from STACK_DIR.
 PG_RUN=()
 pg_setup_user() {
   if ((EUID == 0)); then
@@ -99,6 +107,11 @@ pg_setup_user() {
     id -u "$user" >/dev/null 2>&1 || { user=foodpipe-pg; id -u "$user" >/dev/null 2>&1 || useradd --system --no-create-home "$user"; }
     PG_RUN=(runuser -u "$user" --)
     PG_OWNER=$user
+    mkdir -p "$STACK_DIR"
+    if ! runuser -u "$user" -- test -x "$STACK_DIR"; then
+      PG_DIR=/var/tmp/foodpipe-pg-$(printf '%s' "$STACK_DIR" | cksum | cut -d' ' -f1)
+      mkdir -p "$PG_DIR"
+    fi
   else
     PG_OWNER=$(id -un)
   fi
@@ -174,6 +187,8 @@ start_kafka_node() {
   local n=$1 dir
   dir=$(node_dir "$n")
   pid_alive "$dir/pid" && return
+  need_free_port "$(node_port "$n")" KAFKA_PORT
+  need_free_port "$(ctrl_port "$n")" KAFKA_PORT
   write_kafka_config "$n"
   format_kafka "$n"
   # Small-broker JVM: the serial collector and a capped heap keep the idle RSS low;
@@ -236,7 +251,7 @@ pg_prepare() {
   pg_setup_user
 }
 
-pg_password_file() { echo "$STACK_DIR/pg/secrets"; }
+pg_password_file() { echo "$STACK_DIR/secrets.env"; }
 
 pg_secrets() {
   local f
@@ -255,6 +270,7 @@ pg_running() { "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/nu
 
 pg_start_server() {
   pg_running && return
+  need_free_port "$PG_PORT" PG_PORT
   "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t "$READY_TIMEOUT" \
     -o "-p $PG_PORT -k $PG_DIR/run -c listen_addresses=127.0.0.1" start >/dev/null \
     || die "PostgreSQL did not start; see $PG_DIR/server.log"
@@ -290,8 +306,8 @@ start_pg() {
 }
 
 stop_pg() {
-  [[ -f $PG_DIR/data/PG_VERSION ]] || return 0
   pg_prepare
+  [[ -f $PG_DIR/data/PG_VERSION ]] || return 0
   pg_running || return 0
   "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m "${1:-fast}" -w -t 60 stop >/dev/null
 }
@@ -358,8 +374,8 @@ EOF
     fi
   fi
   if has pg; then
+    pg_prepare
     if [[ -f $PG_DIR/data/PG_VERSION ]]; then
-      pg_prepare
       if pg_running; then
         pg_secrets
         echo "postgresql: running (127.0.0.1:$PG_PORT, data in $PG_DIR/data)"

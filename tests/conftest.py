@@ -98,17 +98,22 @@ def stack() -> Iterator[Stack]:
     if _docker_answers():
         yield from _containers()
         return
+    script = str(REPO / "scripts" / "local_stack.sh")
+    # A stack that was already up belongs to the developer: leave it running after.
+    was_running = (
+        subprocess.run([script, "status"], capture_output=True, check=False).returncode == 0
+    )
     result = subprocess.run(
-        [str(REPO / "scripts" / "local_stack.sh"), "start"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
+        [script, "start"], capture_output=True, text=True, timeout=900, check=False
     )
     if result.returncode != 0:
         pytest.fail(f"scripts/local_stack.sh start failed:\n{result.stderr}", pytrace=False)
     env = _parse_env(result.stdout)
-    yield Stack(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_ADMIN_URL"], "local")
+    try:
+        yield Stack(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_ADMIN_URL"], "local")
+    finally:
+        if not was_running:
+            subprocess.run([script, "stop"], capture_output=True, timeout=120, check=False)
 
 
 def _containers() -> Iterator[Stack]:

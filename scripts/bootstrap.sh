@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what foodpipe needs on a fresh Debian/Ubuntu machine, idempotently:
+#   - system packages: Java 17+ and Maven (the Kafka broker), PostgreSQL server binaries;
+#   - a virtualenv in .venv with the pinned requirements and foodpipe itself (editable).
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+missing=()
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+{ command -v pg_config >/dev/null && [[ -x "$(pg_config --bindir)/initdb" ]]; } \
+  || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+
+if ((${#missing[@]})); then
+  SUDO=()
+  ((EUID == 0)) || SUDO=(sudo)
+  command -v apt-get >/dev/null || { say "missing ${missing[*]} and no apt-get; install them by hand"; exit 1; }
+  say "installing system packages: ${missing[*]}"
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { say "Python 3.11+ is required (found $(python3 -V 2>&1))"; exit 1; }
+
+stamp=.venv/.requirements.sha
+want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  say "installing Python dependencies into .venv"
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  .venv/bin/python -m pip install -q --no-deps -e .
+  echo "$want" >"$stamp"
+fi
+say "ready: $(.venv/bin/foodpipe --version), $(java -version 2>&1 | head -1)"
