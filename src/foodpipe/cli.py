@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+from confluent_kafka import KafkaException
+
 from foodpipe import __version__
 from foodpipe.errors import FoodpipeError
 from foodpipe.kafka import BrokerUnreachable
@@ -27,6 +29,7 @@ from foodpipe.settings import ConfigError, Settings, load_settings
 COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("foodpipe.commands.topics", "create the orders and dead-letter topics"),
     "config": ("foodpipe.commands.config", "show the effective settings (secrets masked)"),
+    "produce": ("foodpipe.commands.produce", "publish mock food orders to Kafka at a steady rate"),
 }
 
 
@@ -76,5 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FoodpipeError as exc:
         print(f"foodpipe: {scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        print(f"foodpipe: Kafka refused the request: {error}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -90,6 +91,12 @@ class Settings(BaseSettings):
     )
     order_rate: float = Field(
         10.0, ge=0, description="Producer orders per second; 0 means as fast as possible"
+    )
+    producer_state_dir: Path = Field(
+        Path(".stack/producer-state"),
+        description="Producer: directory of the order-id counters; every producer instance"
+        " must share it (a named volume in Compose) so ids stay unique across instances"
+        " and restarts",
     )
     batch_size: int = Field(500, ge=1, le=100_000, description="Consumer: max messages per batch")
     batch_timeout_ms: int = Field(

@@ -138,8 +138,11 @@ class OrderGenerator:
         self._customers = customers
         self._cents = tuple(item.cents for item in menu)
         # Pre-rendered JSON around each line's quantity: '{"name":...,"quantity":' + q +
-        # ',"unit_price":"12.50"}'. json.dumps escapes any name safely.
-        self._line_head = tuple(f'{{"name":{json.dumps(item.name)},"quantity":' for item in menu)
+        # ',"unit_price":"12.50"}'. json.dumps escapes any name safely; UTF-8 as is,
+        # like pydantic, so the bytes match the contract's own serialisation.
+        self._line_head = tuple(
+            f'{{"name":{json.dumps(item.name, ensure_ascii=False)},"quantity":' for item in menu
+        )
         self._line_tail = tuple(f',"unit_price":"{_cents_text(c)}"}}' for c in self._cents)
         self._indices = range(len(menu))
 

@@ -1,0 +1,169 @@
+"""``foodpipe produce``: publish mock food orders to Kafka at a steady rate.
+
+A thin entrypoint: it checks the broker, builds the parts (id allocator, generator,
+rate limiter, Kafka producer, reporters) and hands them to
+:class:`foodpipe.producer.service.OrderProducer`, whose docstring is the delivery
+contract. Exit 0 when every order it sent was confirmed, 1 when any failed or was
+still in flight at shutdown, 3 when the broker is unreachable at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from foodpipe.errors import FatalError
+from foodpipe.kafka import (
+    admin_config,
+    ensure_topics,
+    producer_config,
+    topic_specs,
+    wait_for_broker,
+)
+from foodpipe.log import get_logger
+from foodpipe.producer.generator import MENU, OrderGenerator
+from foodpipe.producer.ids import OrderIdAllocator
+from foodpipe.producer.ratelimit import RateLimiter
+from foodpipe.producer.report import LogReporter, ProgressReporter
+from foodpipe.producer.service import OrderProducer, Reporter, stop_on_signals
+from foodpipe.settings import Settings
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number >= 0")
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rate",
+        type=_non_negative_float,
+        default=None,
+        metavar="R",
+        help="orders per second (default: ORDER_RATE, 10); 0 means as fast as possible",
+    )
+    parser.add_argument(
+        "--count",
+        type=_int_range(1, 10**12),
+        default=None,
+        metavar="N",
+        help="stop once N orders have been sent and confirmed (default: run until SIGTERM)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_int_range(0, 2**63 - 1),
+        default=None,
+        metavar="S",
+        help="seed of the order contents: the same seed gives the same customers, items,"
+        " quantities and totals in the same sequence (ids and timestamps are per run)",
+    )
+    parser.add_argument(
+        "--max-items",
+        type=_int_range(1, len(MENU)),
+        default=5,
+        metavar="N",
+        help="most distinct dishes per order (default 5)",
+    )
+    parser.add_argument(
+        "--max-quantity",
+        type=_int_range(1, 1000),
+        default=3,
+        metavar="Q",
+        help="largest quantity of one dish (default 3)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for a broker at start (default 30)",
+    )
+    parser.add_argument(
+        "--flush-timeout",
+        type=_non_negative_float,
+        default=8.0,
+        metavar="SECONDS",
+        # Docker sends SIGKILL 10 s after SIGTERM by default; 8 s leaves time to log
+        # the summary.
+        help="on SIGTERM/SIGINT, how long to wait for outstanding confirmations (default 8)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: with --count on a terminal)",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    admin = AdminClient(admin_config(settings))
+    wait_for_broker(admin, settings, args.wait)
+    _ensure_topic(admin, settings)
+
+    ids = OrderIdAllocator(settings.producer_state_dir)
+    generator = OrderGenerator(args.seed, max_items=args.max_items, max_quantity=args.max_quantity)
+    rate = args.rate if args.rate is not None else settings.order_rate
+    show_progress = args.progress
+    if show_progress is None:
+        show_progress = args.count is not None and sys.stderr.isatty()
+    reporters: list[Reporter] = (
+        [ProgressReporter(args.count)] if show_progress and args.count else [LogReporter()]
+    )
+
+    service: OrderProducer | None = None
+
+    def on_error(err: KafkaError) -> None:
+        if service is not None:
+            service.on_client_error(err)
+
+    producer = Producer(producer_config(settings, error_cb=on_error))
+    service = OrderProducer(
+        producer,
+        settings.kafka_topic,
+        generator,
+        ids,
+        RateLimiter(rate),
+        count=args.count,
+        reporters=reporters,
+        flush_timeout_s=args.flush_timeout,
+    )
+    with stop_on_signals(service):
+        result = service.run()
+    return result.exit_code
+
+
+def _ensure_topic(admin: AdminClient, settings: Settings) -> None:
+    """Create the orders topic (as ``foodpipe topics`` would) when it is missing."""
+    specs = [spec for spec in topic_specs(settings) if spec.name == settings.kafka_topic]
+    try:
+        outcome = ensure_topics(admin, specs)
+    except KafkaException as exc:
+        raise FatalError(
+            f"topic {settings.kafka_topic} is missing and could not be created "
+            f"({exc.args[0].str() if exc.args else exc}); run `foodpipe topics` with "
+            "rights to create it"
+        ) from None
+    if outcome[settings.kafka_topic] == "created":
+        get_logger("produce").info("topic created", topic=settings.kafka_topic)

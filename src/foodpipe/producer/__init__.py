@@ -1,0 +1,1 @@
+"""The order producer: mock data, order ids, rate limiting and the produce loop."""
