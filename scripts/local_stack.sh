@@ -203,7 +203,7 @@ start_kafka_node() {
 
 kafka_ready() {
   KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers) KAFKA_REPLICATION_FACTOR=$([[ $KAFKA_NODES -ge 3 ]] && echo 3 || echo 1) \
-    LOG_FORMAT=json "$PYTHON" -m foodpipe --env-file /dev/null topics --wait "$READY_TIMEOUT" >"$STACK_DIR/kafka/topics.log" 2>&1
+    LOG_FORMAT=json "$PYTHON" -m foodpipe --env-file /dev/null topics --wait "$READY_TIMEOUT" --min-brokers "$KAFKA_NODES" >"$STACK_DIR/kafka/topics.log" 2>&1
 }
 
 start_kafka() {

@@ -149,8 +149,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [orders, dlq]
 
 
-def wait_for_broker(admin: AdminClient, settings: Settings, timeout_s: float) -> None:
-    """Poll the cluster's metadata until a broker answers or the deadline passes."""
+def wait_for_broker(
+    admin: AdminClient, settings: Settings, timeout_s: float, min_brokers: int = 1
+) -> None:
+    """Poll the cluster's metadata until ``min_brokers`` brokers are registered.
+
+    Waiting for every broker of a cluster matters before creating replicated topics:
+    a topic with replication factor 3 cannot be created while only 2 brokers are known.
+    """
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
     while True:
@@ -166,8 +172,9 @@ def wait_for_broker(admin: AdminClient, settings: Settings, timeout_s: float) ->
         except KafkaException as exc:
             last_error = str(exc.args[0].str() if exc.args else exc)
             continue
-        if metadata.brokers:
+        if len(metadata.brokers) >= min_brokers:
             return
+        last_error = f"{len(metadata.brokers)} of {min_brokers} brokers registered"
 
 
 def ensure_topics(

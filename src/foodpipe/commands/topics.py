@@ -19,12 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long to wait for a broker to answer (default 30)",
     )
+    parser.add_argument(
+        "--min-brokers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="wait until N brokers are registered (for replicated topics)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     log = get_logger("topics")
     admin = AdminClient(admin_config(settings))
-    wait_for_broker(admin, settings, args.wait)
+    wait_for_broker(admin, settings, args.wait, args.min_brokers)
     specs = topic_specs(settings)
     outcome = ensure_topics(admin, specs)
     ok = True
