@@ -29,6 +29,7 @@ from foodpipe.settings import ConfigError, Settings, load_settings
 COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("foodpipe.commands.topics", "create the orders and dead-letter topics"),
     "config": ("foodpipe.commands.config", "show the effective settings (secrets masked)"),
+    "health": ("foodpipe.commands.health", "check Kafka, the topics, PostgreSQL and consumer lag"),
     "produce": ("foodpipe.commands.produce", "publish mock food orders to Kafka at a steady rate"),
 }
 
