@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +115,13 @@ class OrderIdAllocator:
 
     def next_id(self, created_at: datetime) -> str:
         """A fresh id dated with the UTC day of ``created_at`` (which must be aware)."""
-        offset = created_at.utcoffset()
-        if offset is None:
-            raise ValueError("created_at must be timezone-aware")
-        day = (created_at.replace(tzinfo=None) - offset).date()
+        if created_at.tzinfo is UTC:  # the producer's own clock: the cheap path
+            day = created_at.date()
+        else:
+            offset = created_at.utcoffset()
+            if offset is None:
+                raise ValueError("created_at must be timezone-aware")
+            day = (created_at.replace(tzinfo=None) - offset).date()
         with self._lock:
             if day != self._day or self._next >= self._end:
                 self._reserve(day)
