@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("foodpipe.commands.config", "show the effective settings (secrets masked)"),
     "health": ("foodpipe.commands.health", "check Kafka, the topics, PostgreSQL and consumer lag"),
     "produce": ("foodpipe.commands.produce", "publish mock food orders to Kafka at a steady rate"),
+    "consume": ("foodpipe.commands.consume", "write orders from Kafka into PostgreSQL"),
 }
 
 

@@ -1,0 +1,107 @@
+"""Composition root of the consumer: build the real clients, check them, run the loop.
+
+Clients are built here at start-up, never at import time. Before consuming anything the
+dependencies are checked with a bounded wait, so a missing broker, topic or database
+gives one clear line and exit code 3 instead of a consumer that sits in its group doing
+nothing useful.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from foodpipe.consumer.dlq import DeadLetterQueue
+from foodpipe.consumer.service import ConsumerService, LoopConfig
+from foodpipe.db import CONSUMER_SESSION, OrderWriter, make_engine, wait_for_database
+from foodpipe.errors import FatalError
+from foodpipe.kafka import admin_config, consumer_config, producer_config, wait_for_broker
+from foodpipe.log import get_logger
+from foodpipe.settings import Settings
+
+
+class TopicMissing(FatalError):
+    """A topic the consumer needs does not exist; ``str()`` is one line."""
+
+
+def wait_for_topics(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    """Wait until every topic exists (created by ``foodpipe topics`` or an init job)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        existing = admin.list_topics(timeout=10).topics
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise TopicMissing(
+                f"topic {', '.join(missing)} does not exist after {timeout_s:g}s; create the"
+                " topics with `foodpipe topics` (or check KAFKA_TOPIC / KAFKA_DLQ_TOPIC)"
+            )
+        time.sleep(0.5)  # start-up poll interval, bounded by the deadline
+
+
+class ConsumerApp:
+    """The consumer service wired to real Kafka and PostgreSQL clients."""
+
+    def __init__(self, settings: Settings, wait_s: float = 30.0) -> None:
+        self.settings = settings
+        self.wait_s = wait_s
+        self._service: ConsumerService | None = None
+        self._stop_requested = False
+        self._log = get_logger("consumer", topic=settings.kafka_topic)
+
+    def request_stop(self) -> None:
+        """Stop after the current batch (callable before the loop has started, too)."""
+        self._stop_requested = True
+        if self._service is not None:
+            self._service.request_stop()
+
+    @property
+    def service(self) -> ConsumerService | None:
+        return self._service
+
+    def run(self, on_ready: Callable[[ConsumerService], None] | None = None) -> int:
+        settings = self.settings
+        self._log.info(
+            "starting consumer",
+            group=settings.kafka_consumer_group,
+            dlq_topic=settings.kafka_dlq_topic,
+            bootstrap=settings.kafka_bootstrap_servers,
+            database=settings.redacted_database_url(),
+            batch_size=settings.batch_size,
+            batch_timeout_ms=settings.batch_timeout_ms,
+        )
+        admin = AdminClient(admin_config(settings))
+        wait_for_broker(admin, settings, self.wait_s)
+        wait_for_topics(admin, [settings.kafka_topic, settings.kafka_dlq_topic], self.wait_s)
+        engine = make_engine(settings, session=CONSUMER_SESSION)
+        try:
+            wait_for_database(engine, self.wait_s)
+            producer = Producer(producer_config(settings, **{"client.id": "foodpipe-dlq"}))
+            consumer = Consumer(consumer_config(settings, **{"client.id": "foodpipe-consumer"}))
+            dlq = DeadLetterQueue(producer, settings.kafka_dlq_topic, settings.kafka_consumer_group)
+            self._service = ConsumerService(
+                consumer,
+                OrderWriter(engine),
+                dlq,
+                settings.kafka_topic,
+                LoopConfig(
+                    batch_size=settings.batch_size,
+                    batch_timeout_s=settings.batch_timeout_ms / 1000,
+                ),
+            )
+            if self._stop_requested:
+                self._service.request_stop()
+            if on_ready is not None:
+                on_ready(self._service)
+            try:
+                self._service.run()
+            finally:
+                producer.flush(10)
+        finally:
+            engine.dispose()
+        self._log.info("consumer stopped")
+        return 0

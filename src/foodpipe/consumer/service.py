@@ -1,0 +1,552 @@
+"""The consumer's poll loop: Kafka -> validate -> PostgreSQL, losing nothing.
+
+The delivery contract
+=====================
+One iteration handles one batch, in this order, and never commits an offset whose
+message is not safely somewhere (a row in PostgreSQL or a record in the DLQ):
+
+1. **Poll a batch**: up to ``BATCH_SIZE`` messages or ``BATCH_TIMEOUT_MS``, whichever
+   comes first (``consume(num_messages=..., timeout=...)``, in slices of at most half a
+   second so a stop request is noticed promptly).
+2. **Decode and validate** each message with the shared ``Order`` model and its business
+   rules (:func:`~foodpipe.consumer.decode.decode`). A message that is not a valid order
+   becomes a :class:`~foodpipe.errors.PoisonMessage` with a named error class.
+3. **Write the valid orders in one transaction** (:class:`~foodpipe.db.OrderWriter`):
+   in-batch duplicates removed, one idempotent multi-row ``INSERT ... ON CONFLICT
+   (order_id) DO NOTHING``. A row PostgreSQL refuses is isolated by bisecting the batch
+   inside savepoints and becomes poison (``db_constraint``); the rest is written.
+   Duplicates are counted; a duplicate with a different payload is logged as a conflict.
+4. **Dead-letter the poison**: original key, value and headers plus ``dlq-*`` headers
+   (topic, partition, offset, error class, reason), and wait for the broker's
+   confirmation (idempotent producer, ``acks=all``). If the DLQ cannot take them, stop
+   (fatal): committing past them would lose them.
+5. **Commit the database transaction, then the offsets**: one synchronous
+   ``commit(offsets=[offset + 1 per partition])`` after the transaction has committed.
+   Auto-commit and auto offset store are off, so no offset ever moves on its own.
+
+Failures (the decision table is :mod:`foodpipe.consumer.classify`):
+
+- *poison*: steps 2-4; the offset moves past it.
+- *transient* (database down, connection reset, lock or statement timeout): the SAME
+  batch is retried with capped exponential backoff (0.5 s doubling to 30 s). Meanwhile
+  every assigned partition is paused and ``poll()`` keeps being called, so this member
+  stays in its group (``max.poll.interval.ms`` is about calls to poll) without
+  fetching more data. Nothing is committed until the batch is written; then the
+  partitions resume. This replaces "3 retries then move on", which loses data.
+- *fatal* (authentication refused, table missing after a few retries, DLQ unwritable):
+  the exception propagates; the command logs one line and exits 3. Nothing of the batch
+  is committed, so it is redelivered after the restart.
+
+Rebalances (cooperative-sticky, so callbacks receive only the partitions that change):
+
+- The loop is single-threaded, so rebalance callbacks run *inside* ``consume()`` or
+  ``poll()``. Between batches nothing is in flight. The only place a batch is in flight
+  while polling is the transient-retry wait, and that batch is unwritten by definition.
+- ``on_revoke``: the in-flight messages of the revoked partitions are dropped (never
+  written, never committed: the new owner reads them again from the committed offset,
+  and the idempotent insert makes any overlap harmless); offsets already written but not
+  yet committed (a commit that failed) are committed now, while we still own them.
+- ``on_lost``: the partitions already belong to someone else, so a commit would be
+  refused or, worse, move a stranger's offset: drop their in-flight messages and
+  pending offsets, commit nothing.
+- ``on_assign``: log what this member owns now (INFO); if we are waiting on the
+  database, the new partitions are paused too before any of their messages is used.
+- As a last guard, messages of a partition we no longer own are filtered out of every
+  batch.
+
+Shutdown: ``request_stop()`` (SIGTERM/SIGINT) lets the current batch finish (written and
+committed) or, if it is waiting on the database, abandons it uncommitted; then the
+consumer is closed, which leaves the group at once instead of after the session timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from sqlalchemy.exc import SQLAlchemyError
+
+from foodpipe.consumer.backoff import Backoff
+from foodpipe.consumer.classify import (
+    ErrorClass,
+    FailureClass,
+    classify,
+    classify_kafka_error,
+    sqlstate,
+)
+from foodpipe.consumer.decode import decode
+from foodpipe.consumer.dlq import KafkaMessage
+from foodpipe.consumer.stats import ConsumerStats
+from foodpipe.db import WriteResult
+from foodpipe.errors import FatalError, FoodpipeError, PoisonMessage
+from foodpipe.log import get_logger, scrub
+from foodpipe.models import Order
+
+PartitionKey = tuple[str, int]
+
+
+RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+class ConsumerLike(Protocol):
+    """The parts of ``confluent_kafka.Consumer`` the loop uses (fakes implement it)."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = ...,
+        on_revoke: RebalanceCallback | None = ...,
+        on_lost: RebalanceCallback | None = ...,
+    ) -> None: ...
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> Sequence[KafkaMessage]: ...
+    def poll(self, timeout: float = ...) -> KafkaMessage | None: ...
+    def commit(
+        self, *, offsets: list[TopicPartition], asynchronous: Literal[False]
+    ) -> list[TopicPartition]: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+    def close(self) -> None: ...
+
+
+class WriterLike(Protocol):
+    def write(self, batch: Sequence[Order]) -> WriteResult: ...
+
+
+class DeadLetterLike(Protocol):
+    def send(self, message: KafkaMessage, poison: PoisonMessage) -> None: ...
+    def flush(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    batch_size: int = 500
+    batch_timeout_s: float = 1.0
+    #: Longest single ``consume()``/``poll()`` call, so a stop request is seen promptly.
+    poll_slice_s: float = 0.5
+    summary_interval_s: float = 5.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    #: Attempts before an error classified fatal stops the process. More than one,
+    #: because during a deployment a migration may create the table seconds later.
+    fatal_attempts: int = 3
+
+
+@dataclass
+class Entry:
+    """One message of the batch in flight and what decoding made of it."""
+
+    message: KafkaMessage
+    order: Order | None = None
+    poison: PoisonMessage | None = None
+
+    @property
+    def partition_key(self) -> PartitionKey:
+        return _msg_key(self.message)
+
+
+def _tp_key(tp: TopicPartition) -> PartitionKey:
+    return (str(tp.topic), int(tp.partition))
+
+
+def _msg_key(message: KafkaMessage) -> PartitionKey:
+    return (str(message.topic()), int(message.partition() or 0))
+
+
+def _describe(keys: Sequence[PartitionKey] | set[PartitionKey]) -> list[str]:
+    return [f"{topic}[{partition}]" for topic, partition in sorted(keys)]
+
+
+class ConsumerService:
+    """Runs the delivery contract above until :meth:`request_stop` is called."""
+
+    def __init__(
+        self,
+        consumer: ConsumerLike,
+        writer: WriterLike,
+        dlq: DeadLetterLike,
+        topic: str,
+        config: LoopConfig | None = None,
+        stats: ConsumerStats | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._writer = writer
+        self._dlq = dlq
+        self._topic = topic
+        self._config = config or LoopConfig()
+        self.stats = stats or ConsumerStats(clock=clock)
+        self._clock = clock
+        self._stop = threading.Event()
+        self._log = get_logger("consumer", topic=topic)
+        #: Partitions this member owns, as told by the rebalance callbacks.
+        self._assigned: set[PartitionKey] = set()
+        #: The batch being written; only non-empty inside :meth:`_process`.
+        self._inflight: list[Entry] = []
+        #: Messages received but not yet decoded: the batch being gathered, or messages
+        #: that arrived while we were paused (processed first next time).
+        self._incoming: list[KafkaMessage] = []
+        #: Next offset to commit per partition: written (or dead-lettered), not committed.
+        self._pending: dict[PartitionKey, int] = {}
+        self._paused = False
+        self._last_warning: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the current batch. Safe from a signal handler."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def assigned(self) -> set[PartitionKey]:
+        return set(self._assigned)
+
+    def run(self) -> None:
+        """Subscribe and process batches until stopped; always closes the consumer."""
+        self._consumer.subscribe(
+            [self._topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._log.info(
+            "consuming",
+            batch_size=self._config.batch_size,
+            batch_timeout_ms=round(self._config.batch_timeout_s * 1000),
+        )
+        try:
+            while not self.stopping:
+                self._commit_pending()
+                messages = self._poll_batch()
+                if messages:
+                    self._process(messages)
+                self._maybe_log_summary()
+        finally:
+            self._shutdown()
+
+    # ------------------------------------------------------------------ the batch
+
+    def _poll_batch(self) -> list[KafkaMessage]:
+        # Gathered in self._incoming, not a local list: a revoke inside a later consume()
+        # call must be able to drop what an earlier call returned (see _drop).
+        deadline = self._clock() + self._config.batch_timeout_s
+        while len(self._incoming) < self._config.batch_size and not self.stopping:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            self._incoming.extend(
+                self._consumer.consume(
+                    num_messages=self._config.batch_size - len(self._incoming),
+                    timeout=min(remaining, self._config.poll_slice_s),
+                )
+            )
+        batch, self._incoming = self._incoming, []
+        return batch
+
+    def _process(self, messages: list[KafkaMessage]) -> None:
+        started = self._clock()
+        entries = self._decode(messages)
+        if not entries:
+            return
+        self._inflight = entries
+        try:
+            outcome = self._write_with_retry()
+            if outcome is None:  # stop requested while the database was unavailable
+                self.stats.abandoned += len(self._inflight)
+                self._log.warning(
+                    "stopping with an unwritten batch; it will be redelivered",
+                    messages=len(self._inflight),
+                )
+                return
+            written_entries, result = outcome
+            self._settle(written_entries, result)
+            self._dead_letter([e for e in self._inflight if e.poison is not None])
+            for entry in self._inflight:
+                key = entry.partition_key
+                offset = int(entry.message.offset() or 0) + 1
+                self._pending[key] = max(self._pending.get(key, 0), offset)
+        finally:
+            self._inflight = []
+        self._commit_pending()
+        self.stats.record_batch(self._clock() - started)
+
+    def _decode(self, messages: list[KafkaMessage]) -> list[Entry]:
+        entries = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_kafka_error(error)
+                continue
+            if _msg_key(message) not in self._assigned:
+                # Fetched before a revoke; its new owner reads it from the committed offset.
+                self.stats.dropped_on_revoke += 1
+                continue
+            self.stats.consumed += 1
+            try:
+                entries.append(Entry(message, order=decode(message.key(), message.value())))
+            except PoisonMessage as poison:
+                entries.append(Entry(message, poison=poison))
+        return entries
+
+    def _write_with_retry(self) -> tuple[list[Entry], WriteResult] | None:
+        """Write the valid orders in flight; retry transient failures until stopped."""
+        backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
+        fatal_attempts = 0
+        try:
+            while True:
+                # Re-read on every attempt: a revoke during the wait may have removed some.
+                valid = [e for e in self._inflight if e.order is not None]
+                if not valid:
+                    return valid, WriteResult()
+                try:
+                    return valid, self._writer.write([e.order for e in valid if e.order])
+                except (SQLAlchemyError, FoodpipeError) as exc:
+                    failure = classify(exc)
+                    if failure is FailureClass.POISON:  # the writer isolates bad rows itself
+                        failure = FailureClass.FATAL
+                    reason = _one_line(exc)
+                    if failure is FailureClass.FATAL:
+                        fatal_attempts += 1
+                        if fatal_attempts >= self._config.fatal_attempts:
+                            raise FatalError(
+                                f"database refused the batch {fatal_attempts} times: {reason}"
+                            ) from None
+                    delay = backoff.next()
+                    self.stats.db_retries += 1
+                    self._log.warning(
+                        "database write failed; retrying the same batch, partitions paused",
+                        failure=str(failure),
+                        sqlstate=sqlstate(exc),
+                        error=reason,
+                        attempt=backoff.attempts,
+                        retry_in_s=round(delay, 2),
+                        batch=len(valid),
+                    )
+                    self._pause()
+                    if not self._wait(delay):
+                        return None
+        finally:
+            self._resume()
+
+    def _settle(self, valid: list[Entry], result: WriteResult) -> None:
+        """Fold the write result into the entries and the counters."""
+        self.stats.written += len(result.inserted)
+        self.stats.duplicates += len(result.duplicates)
+        self.stats.conflicts += len(result.conflicts)
+        for index, reason in result.rejected.items():
+            valid[index].poison = PoisonMessage(ErrorClass.DB_CONSTRAINT, reason)
+            valid[index].order = None
+        for conflict in result.conflicts:
+            message = valid[conflict.index].message
+            self._log.warning(
+                "conflict: order_id already stored with a different payload; kept the stored row",
+                order_id=conflict.order_id,
+                fields=list(conflict.fields),
+                partition=message.partition(),
+                offset=message.offset(),
+            )
+        if self._log.is_enabled_for(logging.DEBUG):
+            for entry in valid:
+                if entry.order is not None:
+                    self._log.debug(
+                        "order stored",
+                        order_id=entry.order.order_id,
+                        partition=entry.message.partition(),
+                        offset=entry.message.offset(),
+                    )
+
+    def _dead_letter(self, poisoned: list[Entry]) -> None:
+        for entry in poisoned:
+            assert entry.poison is not None
+            self._dlq.send(entry.message, entry.poison)
+        if not poisoned:
+            return
+        self._dlq.flush()  # raises FatalError: then nothing of this batch is committed
+        for entry in poisoned:
+            assert entry.poison is not None
+            self.stats.record_dead_letter(entry.poison.error_class)
+            self._log.warning(
+                "dead-lettered",
+                error_class=entry.poison.error_class,
+                reason=entry.poison.reason,
+                partition=entry.message.partition(),
+                offset=entry.message.offset(),
+            )
+
+    # ------------------------------------------------------------------ offsets
+
+    def _commit_pending(self, only: set[PartitionKey] | None = None) -> None:
+        """Synchronously commit the written offsets of partitions we still own.
+
+        A commit that fails for a passing reason (coordinator moving, rebalance in
+        progress) keeps its offsets pending for the next iteration; the rows are
+        written, so the only cost of a lost commit is a redelivery that the idempotent
+        insert absorbs.
+        """
+        keys = [k for k in self._pending if (only is None or k in only)]
+        for key in keys:
+            if key not in self._assigned:
+                del self._pending[key]  # no longer ours: its new owner decides
+        offsets = [
+            TopicPartition(topic, partition, self._pending[(topic, partition)])
+            for topic, partition in keys
+            if (topic, partition) in self._pending
+        ]
+        if not offsets:
+            return
+        try:
+            committed = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and classify_kafka_error(error) is FailureClass.FATAL:
+                raise FatalError(f"offset commit refused: {error.str()}") from None
+            self.stats.commit_failures += 1
+            self._warn_throttled(
+                "commit",
+                "offset commit failed; will retry (rows are written, a redelivery is harmless)",
+                error=str(error.str() if isinstance(error, KafkaError) else exc),
+            )
+            return
+        for tp in committed or offsets:
+            key = _tp_key(tp)
+            if getattr(tp, "error", None):
+                self.stats.commit_failures += 1
+                self._warn_throttled(
+                    "commit", "partition offset commit failed; will retry", error=str(tp.error)
+                )
+            elif self._pending.get(key) == tp.offset:
+                del self._pending[key]
+
+    # ------------------------------------------------------------------ waiting
+
+    def _pause(self) -> None:
+        assignment = self._consumer.assignment()
+        if assignment:
+            self._consumer.pause(assignment)
+        self._paused = True
+
+    def _resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        assignment = self._consumer.assignment()
+        if assignment:
+            self._consumer.resume(assignment)
+
+    def _wait(self, seconds: float) -> bool:
+        """Keep polling (paused) for ``seconds``; False if a stop was requested."""
+        deadline = self._clock() + seconds
+        while not self.stopping:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return True
+            message = self._consumer.poll(min(remaining, self._config.poll_slice_s))
+            # A partition assigned during the wait is not paused yet; pause it now.
+            self._pause()
+            if message is not None:
+                error = message.error()
+                if error is not None:
+                    self._on_kafka_error(error)
+                else:
+                    # It came from a partition assigned a moment ago: keep it for the next
+                    # batch rather than lose it (its offset is beyond this batch's).
+                    self._incoming.append(message)
+            self._maybe_log_summary()
+        return False
+
+    # ------------------------------------------------------------------ rebalances
+
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        added = {_tp_key(tp) for tp in partitions}
+        self._assigned |= added
+        self.stats.rebalances += 1
+        self._log.info(
+            "partitions assigned: this member now owns "
+            f"{', '.join(_describe(self._assigned)) or 'nothing'}",
+            added=_describe(added),
+            owned=_describe(self._assigned),
+        )
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        revoked = {_tp_key(tp) for tp in partitions}
+        self.stats.rebalances += 1
+        dropped = self._drop(revoked)
+        # Still ours until this callback returns: commit what is written.
+        self._commit_pending(only=revoked)
+        for key in revoked:
+            self._pending.pop(key, None)
+        self._assigned -= revoked
+        self._log.info(
+            "partitions revoked: this member now owns "
+            f"{', '.join(_describe(self._assigned)) or 'nothing'}",
+            revoked=_describe(revoked),
+            owned=_describe(self._assigned),
+            unwritten_dropped=dropped,
+        )
+
+    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        lost = {_tp_key(tp) for tp in partitions}
+        self.stats.rebalances += 1
+        dropped = self._drop(lost)
+        for key in lost:
+            self._pending.pop(key, None)  # another member owns them: committing would be wrong
+        self._assigned -= lost
+        self._log.warning(
+            "partitions lost (this member was considered dead); nothing committed for them",
+            lost=_describe(lost),
+            owned=_describe(self._assigned),
+            unwritten_dropped=dropped,
+        )
+
+    def _drop(self, keys: set[PartitionKey]) -> int:
+        """Forget unwritten messages of ``keys``; their next owner reads them again."""
+        before = len(self._inflight) + len(self._incoming)
+        self._inflight = [e for e in self._inflight if e.partition_key not in keys]
+        self._incoming = [m for m in self._incoming if _msg_key(m) not in keys]
+        dropped = before - len(self._inflight) - len(self._incoming)
+        self.stats.dropped_on_revoke += dropped
+        return dropped
+
+    # ------------------------------------------------------------------ shutdown, logs
+
+    def _shutdown(self) -> None:
+        try:
+            self._commit_pending()
+        except FatalError as exc:
+            self._log.error("final offset commit refused", error=str(exc))
+        # close() leaves the group now (its revoke callback commits nothing new: the
+        # pending offsets were just committed), so the partitions move at once.
+        self._consumer.close()
+        self._log.info("consumer closed", **self.stats.snapshot())
+
+    def _maybe_log_summary(self) -> None:
+        if self.stats.due(self._config.summary_interval_s):
+            self._log.info("consumer stats", **self.stats.roll_window())
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        if classify_kafka_error(error) is FailureClass.FATAL:
+            raise FatalError(f"Kafka refused the consumer: {error.str()}")
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        self._warn_throttled(error.name(), "kafka error; the client retries", error=error.str())
+
+    def _warn_throttled(self, kind: str, event: str, **fields: Any) -> None:
+        now = self._clock()
+        if now - self._last_warning.get(kind, float("-inf")) >= 30.0:
+            self._last_warning[kind] = now
+            self._log.warning(event, **fields)
+
+
+def _one_line(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip().splitlines()
+    return scrub(text[0] if text else type(exc).__name__)
