@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1", description="Address the HTTP endpoints bind to (0.0.0.0 in containers)"
     )
+    database_admin_url: SecretStr | None = Field(
+        None, description="owner URL used only by tooling: bench, tests"
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -128,7 +131,8 @@ class Settings(BaseSettings):
             raise ValueError("expected 1-249 characters of letters, digits, '.', '_' or '-'")
         return value
 
-    @field_validator("database_url")
+    # The admin URL is held to the same rules: a typo should fail at start, not mid-bench.
+    @field_validator("database_url", "database_admin_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
@@ -187,6 +191,10 @@ class Settings(BaseSettings):
         """Every setting with secrets masked, for start-up logs."""
         view = self.model_dump(mode="json")
         view["database_url"] = self.redacted_database_url()
+        if self.database_admin_url is not None:
+            view["database_admin_url"] = make_url(
+                self.database_admin_url.get_secret_value()
+            ).render_as_string(hide_password=True)
         view["postgres_password"] = "***"  # noqa: S105 - the mask, not a password
         return view
 
