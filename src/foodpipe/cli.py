@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("foodpipe.commands.health", "check Kafka, the topics, PostgreSQL and consumer lag"),
     "produce": ("foodpipe.commands.produce", "publish mock food orders to Kafka at a steady rate"),
     "consume": ("foodpipe.commands.consume", "write orders from Kafka into PostgreSQL"),
+    "status": ("foodpipe.commands.status", "show partitions, offsets, lag, owners, rows and DLQ size"),
 }
 
 

@@ -1,0 +1,487 @@
+"""Prometheus metrics and the ``/healthz``, ``/readyz``, ``/metrics`` endpoints.
+
+Every metric foodpipe exports is defined here, once. Each service builds its own
+:class:`~prometheus_client.CollectorRegistry` (never the global one), so tests and
+several services in one process never collide, and a scrape shows exactly one
+service's numbers.
+
+Counters are not incremented twice. The services already count their work in plain
+stats objects (:class:`foodpipe.producer.stats.ProducerStats`,
+:class:`foodpipe.consumer.stats.ConsumerStats`) that their summary log lines read;
+:class:`ProducerMetrics` and :class:`ConsumerMetrics` register a collector that reads
+those objects *at scrape time*. The hot path pays nothing for the counters, and the
+log line and ``/metrics`` can never disagree. What a stats object does not hold
+(histograms of batch size and latency, end-to-end latency, lag per partition) the
+service reports through the methods of these two classes.
+
+Exported names (all prefixed ``foodpipe_``):
+
+==========================================  =========  ====================================
+metric                                      type       meaning
+==========================================  =========  ====================================
+orders_produced_total                       counter    orders handed to the Kafka client
+orders_delivered_total                      counter    orders the broker confirmed (acks=all)
+orders_failed_total                         counter    orders given up on (logged with id)
+orders_in_flight                            gauge      produced, awaiting a delivery report
+producer_retries_total                      counter    application re-sends after an error
+producer_buffer_full_total                  counter    times the local queue was full
+messages_consumed_total                     counter    messages the consumer received
+orders_written_total                        counter    rows inserted into PostgreSQL
+orders_duplicate_total                      counter    orders already stored (redeliveries)
+orders_conflict_total                       counter    duplicates with a different payload
+orders_dead_lettered_total{error_class}     counter    messages sent to the DLQ, by class
+batches_total                               counter    batches written and committed
+db_retries_total                            counter    transient database errors retried
+offset_commit_failures_total                counter    offset commits that failed
+rebalances_total                            counter    assign / revoke / lost callbacks
+batch_size                                  histogram  messages per batch
+batch_latency_seconds                       histogram  decode + write + commit of a batch
+end_to_end_latency_seconds                  histogram  row committed minus ``created_at``
+consumer_lag{topic,partition}               gauge      log-end offset minus committed offset
+consumer_assigned_partitions                gauge      partitions this member owns now
+==========================================  =========  ====================================
+
+The HTTP server (:func:`serve`) is a small threaded ``http.server``: ``/healthz`` answers
+200 while the process runs; ``/readyz`` answers 200 or 503 from a callable the service
+supplies (connected, and for the consumer, partitions assigned); ``/metrics`` is the
+Prometheus text format. It binds ``METRICS_HOST:METRICS_PORT``; port 0 turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from foodpipe import __version__
+from foodpipe.log import get_logger
+from foodpipe.settings import ConfigError, Settings
+
+PREFIX = "foodpipe"
+
+#: Messages per batch: from a trickle (1) to the largest BATCH_SIZE allowed.
+BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 100_000)
+#: A healthy batch takes milliseconds; seconds mean the database is struggling.
+BATCH_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)  # fmt: skip
+#: From "the consumer keeps up" (tens of ms) to "it is draining a backlog" (minutes).
+END_TO_END_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0
+)  # fmt: skip
+
+
+class ProducerCounts(Protocol):
+    """What :class:`ProducerMetrics` reads (``foodpipe.producer.stats.ProducerStats``)."""
+
+    sent: int
+    delivered: int
+    failed: int
+    retried: int
+    buffer_full: int
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+class ConsumerCounts(Protocol):
+    """What :class:`ConsumerMetrics` reads (``foodpipe.consumer.stats.ConsumerStats``)."""
+
+    consumed: int
+    written: int
+    duplicates: int
+    conflicts: int
+    dead_lettered_by_class: Mapping[str, int]
+    batches: int
+    db_retries: int
+    commit_failures: int
+    rebalances: int
+
+
+class _StatsCollector(Collector):
+    """Turns attributes of a stats object into metric families at scrape time."""
+
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def describe(self) -> Iterator[Metric]:
+        # The registry learns the names from this, so registering the same metrics twice
+        # on one registry fails loudly instead of exporting them twice.
+        yield from self._families()
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
+
+
+def _info(registry: CollectorRegistry, service: str) -> None:
+    gauge = Gauge(
+        f"{PREFIX}_build_info",
+        "Always 1; the labels say which foodpipe service and version this is",
+        ["service", "version"],
+        registry=registry,
+    )
+    gauge.labels(service=service, version=__version__).set(1)
+
+
+class ProducerMetrics:
+    """The producer's metrics: counters read from its :class:`ProducerCounts`."""
+
+    def __init__(self, registry: CollectorRegistry, stats: ProducerCounts) -> None:
+        self.registry = registry
+        self._stats = stats
+        _info(registry, "producer")
+        registry.register(_StatsCollector(self._families))
+
+    def _families(self) -> list[Metric]:
+        stats = self._stats
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_orders_in_flight",
+            "Orders produced and still awaiting their delivery report or a retry",
+            value=stats.in_flight,
+        )
+        return [
+            _counter(
+                "orders_produced",
+                "Orders handed to the Kafka client (each distinct order once)",
+                stats.sent,
+            ),
+            _counter("orders_delivered", "Orders the broker confirmed (acks=all)", stats.delivered),
+            _counter(
+                "orders_failed",
+                "Orders given up on after a permanent error or every retry",
+                stats.failed,
+            ),
+            in_flight,
+            _counter(
+                "producer_retries",
+                "Application-level re-sends after a transient delivery error",
+                stats.retried,
+            ),
+            _counter(
+                "producer_buffer_full",
+                "Times produce() found the bounded local queue full (handled by polling)",
+                stats.buffer_full,
+            ),
+        ]
+
+
+class ConsumerMetrics:
+    """The consumer's metrics.
+
+    Counters are read from its :class:`ConsumerCounts`; the service calls
+    :meth:`observe_batch` after each committed batch, :meth:`observe_end_to_end` with
+    the ``created_at`` of the rows it inserted, :meth:`set_assignment` from its
+    rebalance callbacks and :meth:`set_lag` after each offset commit.
+    """
+
+    def __init__(self, registry: CollectorRegistry, stats: ConsumerCounts) -> None:
+        self.registry = registry
+        self._stats = stats
+        self._lock = threading.Lock()
+        _info(registry, "consumer")
+        registry.register(_StatsCollector(self._families))
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "Messages per batch handled by the consumer (valid and dead-lettered)",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_latency = Histogram(
+            f"{PREFIX}_batch_latency_seconds",
+            "Time to decode, write and commit one batch, from its first message received",
+            buckets=BATCH_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            f"{PREFIX}_end_to_end_latency_seconds",
+            "From an order's created_at to the commit of its row in PostgreSQL",
+            buckets=END_TO_END_BUCKETS,
+            registry=registry,
+        )
+        self.lag = Gauge(
+            f"{PREFIX}_consumer_lag",
+            "Messages behind: the partition's log-end offset minus this member's committed"
+            " offset (only partitions this member owns)",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.assigned = Gauge(
+            f"{PREFIX}_consumer_assigned_partitions",
+            "Partitions currently assigned to this consumer",
+            registry=registry,
+        )
+        self._owned: set[tuple[str, int]] = set()
+
+    def _families(self) -> list[Metric]:
+        stats = self._stats
+        dead = CounterMetricFamily(
+            f"{PREFIX}_orders_dead_lettered",
+            "Messages sent to the dead-letter topic, by error class",
+            labels=["error_class"],
+        )
+        for error_class, count in sorted(dict(stats.dead_lettered_by_class).items()):
+            dead.add_metric([error_class], count)
+        return [
+            _counter(
+                "messages_consumed", "Messages received from Kafka (valid or not)", stats.consumed
+            ),
+            _counter("orders_written", "Orders inserted into PostgreSQL", stats.written),
+            _counter(
+                "orders_duplicate",
+                "Orders whose order_id was already stored or repeated in a batch",
+                stats.duplicates,
+            ),
+            _counter(
+                "orders_conflict",
+                "Duplicates whose payload differs from the stored row (the stored row wins)",
+                stats.conflicts,
+            ),
+            dead,
+            _counter("batches", "Batches written and committed", stats.batches),
+            _counter("db_retries", "Failed write attempts retried (transient)", stats.db_retries),
+            _counter(
+                "offset_commit_failures",
+                "Offset commits that failed and were retried",
+                stats.commit_failures,
+            ),
+            _counter(
+                "rebalances",
+                "Rebalance callbacks (partitions assigned, revoked or lost)",
+                stats.rebalances,
+            ),
+        ]
+
+    def observe_batch(self, size: int, latency_s: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_latency.observe(latency_s)
+
+    def observe_end_to_end(
+        self, created_at: Iterable[datetime], now: datetime | None = None
+    ) -> None:
+        """One observation per inserted order: ``now`` (the commit) minus its creation."""
+        at = now if now is not None else datetime.now(UTC)
+        for created in created_at:
+            # Clocks of two machines can disagree by a little; never observe < 0.
+            self.end_to_end.observe(max((at - created).total_seconds(), 0.0))
+
+    def set_assignment(self, topic_partitions: Iterable[tuple[str, int]]) -> None:
+        """The partitions this member owns now; lag series of the others are removed."""
+        owned = set(topic_partitions)
+        with self._lock:
+            for topic, partition in self._owned - owned:
+                # KeyError: the partition never had a lag value.
+                with contextlib.suppress(KeyError):
+                    self.lag.remove(topic, str(partition))
+            self._owned = owned
+        self.assigned.set(len(owned))
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        with self._lock:
+            if (topic, partition) in self._owned:
+                self.lag.labels(topic=topic, partition=str(partition)).set(max(lag, 0))
+
+
+class _WatermarkSource(Protocol):
+    def get_watermark_offsets(
+        self, partition: Any, timeout: float | None = ..., cached: bool = ...
+    ) -> tuple[int, int] | None: ...
+
+
+def lag_from_watermarks(
+    consumer: _WatermarkSource, committed: Iterable[Any]
+) -> dict[tuple[str, int], int]:
+    """Lag of each committed ``TopicPartition``: cached high watermark minus its offset.
+
+    ``cached=True`` reads the high watermark that came back with the last fetch
+    response, so this makes no request to the broker and costs microseconds. Partitions
+    whose watermark is not known yet are left out.
+    """
+    lags: dict[tuple[str, int], int] = {}
+    for tp in committed:
+        if tp.offset < 0:
+            continue
+        marks = consumer.get_watermark_offsets(tp, cached=True)
+        if not marks or marks[1] < 0:
+            continue
+        lags[(tp.topic, tp.partition)] = max(marks[1] - tp.offset, 0)
+    return lags
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+class Readiness:
+    """A readiness flag with a reason, set by the service and read by ``/readyz``.
+
+    Reading and writing one attribute is atomic in CPython, so the service thread and
+    the HTTP threads need no lock.
+    """
+
+    def __init__(self, reason: str = "starting") -> None:
+        self._ready = False
+        self.reason = reason
+
+    def set(self, ready: bool, reason: str) -> None:
+        self.reason = reason
+        self._ready = ready
+
+    def __call__(self) -> bool:
+        return self._ready
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def _respond(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            status, ctype, body = 200, "application/json", b'{"status": "alive"}\n'
+        elif path == "/readyz":
+            ready, reason = self.server.readiness()
+            document = {"ready": ready, "reason": reason}
+            status, ctype = (200 if ready else 503), "application/json"
+            body = (json.dumps(document) + "\n").encode()
+        elif path == "/metrics":
+            status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry)
+        else:
+            status, ctype = 404, "text/plain; charset=utf-8"
+            body = b"not found; try /healthz, /readyz or /metrics\n"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes arrive every few seconds; access lines would drown the service's logs."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # A restarted service must be able to bind its port again at once.
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+    ) -> None:
+        self.registry = registry
+        self._ready = ready
+        super().__init__(address, _Handler)
+
+    def readiness(self) -> tuple[bool, str]:
+        try:
+            ready = bool(self._ready())
+        except Exception as exc:  # a probe must answer, whatever the callable does
+            return False, f"readiness check failed: {type(exc).__name__}: {exc}"
+        reason = getattr(self._ready, "reason", "")
+        return ready, str(reason) if reason else ("ready" if ready else "not ready")
+
+
+class HealthServer:
+    """The running endpoints (or a disabled stand-in). Close it, or use ``with``."""
+
+    def __init__(self, server: _Server | None) -> None:
+        self._server = server
+        self._thread: threading.Thread | None = None
+        if server is not None:
+            self._thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.5},
+                name="foodpipe-http",
+                daemon=True,
+            )
+            self._thread.start()
+
+    @property
+    def enabled(self) -> bool:
+        return self._server is not None
+
+    @property
+    def port(self) -> int | None:
+        return None if self._server is None else int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str | None:
+        if self._server is None:
+            return None
+        host = str(self._server.server_address[0])
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"  # noqa: S104
+
+    def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self) -> HealthServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def start_http(
+    host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]
+) -> HealthServer:
+    """Bind ``host:port`` (0 picks a free port, for tests) and serve in a thread."""
+    try:
+        server = _Server((host, port), registry, ready)
+    except OSError as exc:
+        raise ConfigError(
+            f"METRICS_PORT: cannot listen on {host}:{port} ({exc.strerror or exc}); choose"
+            " another METRICS_PORT / METRICS_HOST, or 0 to turn the endpoints off"
+        ) from None
+    return HealthServer(server)
+
+
+def serve(
+    settings: Settings, registry: CollectorRegistry, ready: Callable[[], bool]
+) -> HealthServer:
+    """Serve ``/healthz``, ``/readyz`` and ``/metrics`` on ``METRICS_HOST:METRICS_PORT``.
+
+    ``METRICS_PORT=0`` (the command-line default) returns a disabled server whose
+    ``close()`` does nothing, so callers need no special case.
+    """
+    if settings.metrics_port == 0:
+        return HealthServer(None)
+    server = start_http(settings.metrics_host, settings.metrics_port, registry, ready)
+    get_logger("observability").info(
+        "http endpoints listening",
+        host=settings.metrics_host,
+        port=server.port,
+        paths=["/healthz", "/readyz", "/metrics"],
+    )
+    return server
