@@ -33,9 +33,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._metadata import ClusterMetadata
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -43,6 +42,7 @@ from sqlalchemy.pool import NullPool
 
 from foodpipe.kafka import admin_config
 from foodpipe.log import configure_logging, scrub
+from foodpipe.offsets import KafkaView, TopicMissing
 from foodpipe.settings import Settings
 
 Status = Literal["ok", "fail", "skip"]
@@ -161,15 +161,13 @@ def run_checks(admin: AdminClient, settings: Settings, thresholds: Thresholds) -
         return Report(checks)
     checks += check_topics(metadata, settings)
     checks.append(check_database(settings, thresholds.timeout_s))
-    checks.append(check_group(admin, settings, thresholds.min_members, thresholds.timeout_s))
+    view = KafkaView(admin, thresholds.timeout_s)
+    checks.append(check_group(view, settings, thresholds.min_members))
     topic = metadata.topics.get(settings.kafka_topic)
     if topic is None or topic.error is not None:
         checks.append(_skipped("lag", f"topic {settings.kafka_topic} is missing"))
     else:
-        partitions = sorted(topic.partitions)
-        checks.append(
-            check_lag(admin, settings, partitions, thresholds.max_lag, thresholds.timeout_s)
-        )
+        checks.append(check_lag(view, settings, thresholds.max_lag))
     return Report(checks)
 
 
@@ -307,42 +305,33 @@ def _first_line(exc: SQLAlchemyError) -> str:
     return scrub(message.splitlines()[0] if message else type(exc).__name__)
 
 
-def check_group(
-    admin: AdminClient, settings: Settings, min_members: int, timeout_s: float
-) -> Check:
+def check_group(view: KafkaView, settings: Settings, min_members: int) -> Check:
     group = settings.kafka_consumer_group
     try:
-        future = admin.describe_consumer_groups([group], request_timeout=timeout_s)[group]
-        description = future.result(timeout=timeout_s + 5)
+        state = view.group(group)
     except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if getattr(error, "name", lambda: "")() != "GROUP_ID_NOT_FOUND":
-            return Check(
-                "consumer_group",
-                "fail",
-                f"cannot describe group {group}: {_kafka_error(exc)}",
-                {"group": group},
-                unreachable=True,
-            )
-        members, state, assigned = 0, "UNKNOWN", 0
-    else:
-        members = len(description.members)
-        state = getattr(description.state, "name", str(description.state))
-        assigned = sum(
-            1
-            for member in description.members
-            if member.assignment is not None
-            for tp in member.assignment.topic_partitions
-            if tp.topic == settings.kafka_topic
+        return Check(
+            "consumer_group",
+            "fail",
+            f"cannot describe group {group}: {_kafka_error(exc)}",
+            {"group": group},
+            unreachable=True,
         )
+    members = len(state.members)
+    assigned = sum(
+        1
+        for member in state.members
+        for topic, _partition in member.partitions
+        if topic == settings.kafka_topic
+    )
     data = {
         "group": group,
-        "state": state,
+        "state": state.state,
         "members": members,
         "min_members": min_members,
         "assigned_partitions": assigned,
     }
-    detail = f"group {group}: {members} active member(s), state {state}"
+    detail = f"group {group}: {members} active member(s), state {state.state}"
     if members >= min_members:
         return Check("consumer_group", "ok", detail, data)
     return Check(
@@ -353,46 +342,14 @@ def check_group(
     )
 
 
-def compute_lag(
-    end_offsets: Mapping[int, int],
-    committed: Mapping[int, int],
-    earliest: Mapping[int, int],
-) -> dict[int, int]:
-    """Per-partition lag: log end minus the committed offset.
-
-    A partition without a committed offset (negative, librdkafka's "invalid") is
-    consumed from its earliest retained offset (``auto.offset.reset=earliest``), so
-    everything still retained counts as lag there.
-    """
-    lag = {}
-    for partition, end in end_offsets.items():
-        position = committed.get(partition, -1)
-        if position < 0:
-            position = earliest.get(partition, 0)
-        lag[partition] = max(end - position, 0)
-    return lag
-
-
-def check_lag(
-    admin: AdminClient,
-    settings: Settings,
-    partitions: list[int],
-    max_lag: int,
-    timeout_s: float,
-) -> Check:
+def check_lag(view: KafkaView, settings: Settings, max_lag: int) -> Check:
+    """Lag as ``foodpipe status`` computes it (see foodpipe.offsets): log end minus the
+    committed offset, or minus the log start where the group has committed nothing."""
     group, topic = settings.kafka_consumer_group, settings.kafka_topic
-    tps = [TopicPartition(topic, p) for p in partitions]
     try:
-        committed_future = admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout_s
-        )[group]
-        committed = {
-            tp.partition: tp.offset
-            for tp in committed_future.result(timeout=timeout_s + 5).topic_partitions
-        }
-        end_offsets = _offsets(admin, tps, _LATEST, timeout_s)
-        missing = [TopicPartition(topic, p) for p, offset in committed.items() if offset < 0]
-        earliest = _offsets(admin, missing, _EARLIEST, timeout_s) if missing else {}
+        state = view.topic_state(topic, group)
+    except TopicMissing as exc:
+        return Check("lag", "fail", str(exc), {"group": group, "topic": topic})
     except KafkaException as exc:
         return Check(
             "lag",
@@ -401,14 +358,13 @@ def check_lag(
             {"group": group, "topic": topic},
             unreachable=True,
         )
-    per_partition = compute_lag(end_offsets, committed, earliest)
-    total = sum(per_partition.values())
+    total = state.lag
     data = {
         "group": group,
         "topic": topic,
         "lag": total,
         "max_lag": max_lag,
-        "partitions": {str(p): lag for p, lag in sorted(per_partition.items())},
+        "partitions": {str(p.partition): p.lag for p in state.partitions},
     }
     detail = f"group {group} lags {total} message(s) on {topic}"
     if total <= max_lag:
@@ -420,18 +376,6 @@ def check_lag(
         data,
     )
 
-
-def _offsets(
-    admin: AdminClient, tps: list[TopicPartition], spec: OffsetSpec, timeout_s: float
-) -> dict[int, int]:
-    futures = admin.list_offsets(dict.fromkeys(tps, spec), request_timeout=timeout_s)
-    return {
-        tp.partition: future.result(timeout=timeout_s + 5).offset for tp, future in futures.items()
-    }
-
-
-_LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-_EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 
 _MARK: dict[Status, str] = {"ok": "ok", "fail": "FAIL", "skip": "skip"}
 
