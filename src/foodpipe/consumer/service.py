@@ -243,12 +243,12 @@ class ConsumerService:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
-            self._incoming.extend(
-                self._consumer.consume(
-                    num_messages=self._config.batch_size - len(self._incoming),
-                    timeout=min(remaining, self._config.poll_slice_s),
-                )
+            received = self._consumer.consume(
+                num_messages=self._config.batch_size - len(self._incoming),
+                timeout=min(remaining, self._config.poll_slice_s),
             )
+            # Only now read self._incoming: callbacks inside consume() may have filtered it.
+            self._incoming.extend(received)
         batch, self._incoming = self._incoming, []
         return batch
 
@@ -510,8 +510,9 @@ class ConsumerService:
     def _drop(self, keys: set[PartitionKey]) -> int:
         """Forget unwritten messages of ``keys``; their next owner reads them again."""
         before = len(self._inflight) + len(self._incoming)
-        self._inflight = [e for e in self._inflight if e.partition_key not in keys]
-        self._incoming = [m for m in self._incoming if _msg_key(m) not in keys]
+        # In place: the loop that is waiting on these lists holds references to them.
+        self._inflight[:] = [e for e in self._inflight if e.partition_key not in keys]
+        self._incoming[:] = [m for m in self._incoming if _msg_key(m) not in keys]
         dropped = before - len(self._inflight) - len(self._incoming)
         self.stats.dropped_on_revoke += dropped
         return dropped

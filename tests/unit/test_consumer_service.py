@@ -1,0 +1,528 @@
+"""The poll loop's contract, driven by fakes and a simulated clock (no services, no sleeps).
+
+Every fake appends to one shared ``events`` list, so the tests assert the *order* of
+effects: the database write, then the DLQ confirmation, then the offset commit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from sqlalchemy import exc as sa_exc
+
+from foodpipe.consumer.service import ConsumerService, LoopConfig
+from foodpipe.db import Conflict, WriteResult
+from foodpipe.errors import FatalError, PoisonMessage
+from foodpipe.log import configure_logging
+from foodpipe.models import Order
+from tests.poison import record, valid_order
+
+TOPIC = "orders"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Msg:
+    _partition: int
+    _offset: int
+    _key: bytes | None
+    _value: bytes | None
+    _error: KafkaError | None = None
+    _topic: str = TOPIC
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return []
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+
+def msg(partition: int, offset: int, order: Order | None = None, value: bytes | None = None) -> Msg:
+    if order is not None:
+        key, raw = record(order)
+        return Msg(partition, offset, key, raw)
+    return Msg(partition, offset, b"CUST-00001", value)
+
+
+Step = list[Msg] | Callable[[], list[Msg]]
+
+
+@dataclass
+class FakeConsumer:
+    """Returns one scripted step per consume() call; stops the service when done."""
+
+    events: list[tuple[Any, ...]]
+    clock: Clock
+    steps: list[Step] = field(default_factory=list)
+    poll_steps: list[Callable[[], Msg | None]] = field(default_factory=list)
+    commit_errors: list[BaseException] = field(default_factory=list)
+    assigned: list[tuple[str, int]] = field(default_factory=list)
+    paused: set[tuple[str, int]] = field(default_factory=set)
+    service: ConsumerService | None = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+        self.assign([(TOPIC, p) for p in range(3)])
+
+    # rebalance helpers, calling the callbacks the way librdkafka does
+    def assign(self, partitions: list[tuple[str, int]]) -> None:
+        self.callbacks["on_assign"](self, [TopicPartition(t, p) for t, p in partitions])
+        self.assigned.extend(partitions)
+
+    def revoke(self, partitions: list[tuple[str, int]], lost: bool = False) -> None:
+        callback = self.callbacks["on_lost" if lost else "on_revoke"]
+        callback(self, [TopicPartition(t, p) for t, p in partitions])
+        self.assigned = [tp for tp in self.assigned if tp not in partitions]
+        self.paused -= set(partitions)
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Msg]:
+        self.clock.now += timeout
+        if not self.steps:
+            assert self.service is not None
+            self.service.request_stop()
+            return []
+        step = self.steps.pop(0)
+        messages = step() if callable(step) else step
+        return [m for m in messages if (m.topic(), m.partition()) not in self.paused]
+
+    def poll(self, timeout: float = -1) -> Msg | None:
+        self.clock.now += timeout
+        self.events.append(("poll",))
+        if self.poll_steps:
+            return self.poll_steps.pop(0)()
+        return None
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
+        assert asynchronous is False, "offset commits must be synchronous"
+        if self.commit_errors:
+            raise self.commit_errors.pop(0)
+        self.events.append(("commit", {(tp.partition, tp.offset) for tp in offsets}))
+        return offsets
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.assigned]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        new = {(tp.topic, tp.partition) for tp in partitions} - self.paused
+        if new:
+            self.events.append(("pause", {p for _, p in new}))
+        self.paused |= new
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.events.append(("resume", {tp.partition for tp in partitions}))
+        self.paused -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def close(self) -> None:
+        self.closed = True
+        self.events.append(("close",))
+        self.revoke(list(self.assigned))
+
+
+@dataclass
+class FakeWriter:
+    """Remembers stored orders like the table would; scripted failures per call."""
+
+    events: list[tuple[Any, ...]]
+    failures: list[BaseException] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)
+    stored: dict[str, Order] = field(default_factory=dict)
+    on_write: Callable[[], None] | None = None
+
+    def write(self, batch: Sequence[Order]) -> WriteResult:
+        if self.on_write is not None:
+            self.on_write()
+        if self.failures:
+            self.events.append(("write failed", [o.order_id for o in batch]))
+            raise self.failures.pop(0)
+        result = WriteResult()
+        for index, order in enumerate(batch):
+            if order.order_id in self.refuse:
+                result.rejected[index] = "refused by a CHECK constraint"
+            elif order.order_id in self.stored:
+                result.duplicates.append(index)
+                if self.stored[order.order_id] != order:
+                    result.conflicts.append(Conflict(index, order.order_id, ("items",)))
+            else:
+                self.stored[order.order_id] = order
+                result.inserted.append(index)
+        self.events.append(("write", [o.order_id for o in batch]))
+        return result
+
+
+@dataclass
+class FakeDLQ:
+    events: list[tuple[Any, ...]]
+    fail: bool = False
+    sent: list[tuple[Msg, PoisonMessage]] = field(default_factory=list)
+    _pending: list[tuple[Msg, PoisonMessage]] = field(default_factory=list)
+
+    def send(self, message: Msg, poison: PoisonMessage) -> None:
+        self._pending.append((message, poison))
+
+    def flush(self) -> int:
+        if self.fail:
+            raise FatalError("dead-letter topic d is not writable")
+        self.events.append(
+            ("dlq", [(m.partition(), m.offset(), p.error_class) for m, p in self._pending])
+        )
+        self.sent.extend(self._pending)
+        count, self._pending = len(self._pending), []
+        return count
+
+
+@dataclass
+class Harness:
+    events: list[tuple[Any, ...]]
+    clock: Clock
+    consumer: FakeConsumer
+    writer: FakeWriter
+    dlq: FakeDLQ
+    service: ConsumerService
+
+    def run(self) -> None:
+        self.service.run()
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] == kind]
+
+
+def make_harness() -> Harness:
+    events: list[tuple[Any, ...]] = []
+    clock = Clock()
+    consumer = FakeConsumer(events, clock)
+    writer = FakeWriter(events)
+    dlq = FakeDLQ(events)
+    config = LoopConfig(batch_size=500, batch_timeout_s=1.0, poll_slice_s=1.0, fatal_attempts=3)
+    service = ConsumerService(consumer, writer, dlq, TOPIC, config, clock=clock)
+    consumer.service = service
+    return Harness(events, clock, consumer, writer, dlq, service)
+
+
+@pytest.fixture
+def h() -> Harness:
+    return make_harness()
+
+
+def transient() -> sa_exc.OperationalError:
+    return sa_exc.OperationalError("INSERT", None, Exception("connection refused"))
+
+
+def auth_refused() -> sa_exc.OperationalError:
+    return sa_exc.OperationalError("INSERT", None, Exception("password authentication failed"))
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+def test_write_then_commit_offset_plus_one_per_partition(h: Harness) -> None:
+    h.consumer.steps = [
+        [msg(0, 10, valid_order(1)), msg(1, 5, valid_order(2)), msg(0, 11, valid_order(3))]
+    ]
+    h.run()
+    assert h.events[:2] == [
+        ("write", ["ORD-20250110-00001", "ORD-20250110-00002", "ORD-20250110-00003"]),
+        ("commit", {(0, 12), (1, 6)}),
+    ]
+    assert h.service.stats.written == 3
+    assert h.service.stats.batches == 1
+    assert h.consumer.closed
+
+
+def test_poison_goes_to_the_dlq_before_the_commit_and_valid_neighbours_are_written(
+    h: Harness,
+) -> None:
+    h.consumer.steps = [
+        [
+            msg(0, 0, valid_order(1)),
+            msg(0, 1, value=b"{broken"),
+            msg(0, 2, valid_order(2)),
+            Msg(1, 0, None, None),  # tombstone
+        ]
+    ]
+    h.run()
+    assert h.events[:3] == [
+        ("write", ["ORD-20250110-00001", "ORD-20250110-00002"]),
+        ("dlq", [(0, 1, "json_invalid"), (1, 0, "empty_value")]),
+        ("commit", {(0, 3), (1, 1)}),
+    ]
+    assert h.service.stats.dead_lettered == 2
+    assert h.service.stats.dead_lettered_by_class == {"json_invalid": 1, "empty_value": 1}
+
+
+def test_a_batch_of_only_poison_needs_no_database(h: Harness) -> None:
+    h.writer.failures = [transient()]  # would fail if it were called
+    h.consumer.steps = [[msg(2, 7, value=b"[]")]]
+    h.run()
+    assert h.of("write failed") == []
+    assert h.of("commit") == [("commit", {(2, 8)})]
+
+
+def test_a_row_refused_by_the_database_is_dead_lettered_the_rest_written(h: Harness) -> None:
+    h.writer.refuse = {"ORD-20250110-00002"}
+    h.consumer.steps = [
+        [msg(0, 0, valid_order(1)), msg(0, 1, valid_order(2)), msg(0, 2, valid_order(3))]
+    ]
+    h.run()
+    assert h.of("dlq") == [("dlq", [(0, 1, "db_constraint")])]
+    assert h.of("commit") == [("commit", {(0, 3)})]
+    assert h.service.stats.written == 2
+    assert h.dlq.sent[0][1].reason == "refused by a CHECK constraint"
+
+
+def test_duplicates_and_conflicts_are_counted(h: Harness) -> None:
+    h.writer.stored["ORD-20250110-00001"] = valid_order(1)
+    h.writer.stored["ORD-20250110-00002"] = valid_order(2, status="delivered")
+    h.consumer.steps = [
+        [msg(0, 0, valid_order(1)), msg(0, 1, valid_order(2)), msg(0, 2, valid_order(3))]
+    ]
+    h.run()
+    assert h.service.stats.duplicates == 2
+    assert h.service.stats.conflicts == 1
+    assert h.service.stats.written == 1
+    assert h.of("commit") == [("commit", {(0, 3)})]
+
+
+def test_dlq_unwritable_is_fatal_and_nothing_of_the_batch_is_committed(h: Harness) -> None:
+    h.dlq.fail = True
+    h.consumer.steps = [[msg(0, 0, valid_order(1)), msg(0, 1, value=b"x")]]
+    with pytest.raises(FatalError, match="not writable"):
+        h.run()
+    assert h.of("commit") == []
+    assert h.consumer.closed  # the group is left promptly even on a fatal error
+
+
+def test_messages_of_a_partition_no_longer_owned_are_not_processed(h: Harness) -> None:
+    def revoke_then_return_stale() -> list[Msg]:
+        h.consumer.revoke([(TOPIC, 2)])
+        return [msg(2, 0, valid_order(1)), msg(0, 0, valid_order(2))]
+
+    h.consumer.steps = [revoke_then_return_stale]
+    h.run()
+    assert h.of("write") == [("write", ["ORD-20250110-00002"])]
+    assert h.of("commit") == [("commit", {(0, 1)})]
+    assert h.service.stats.dropped_on_revoke == 1
+
+
+def test_kafka_error_events_are_skipped_and_fatal_ones_stop(h: Harness) -> None:
+    h.consumer.steps = [
+        [Msg(0, 0, None, None, KafkaError(KafkaError._TRANSPORT)), msg(0, 1, valid_order(1))]
+    ]
+    h.run()
+    assert h.of("commit") == [("commit", {(0, 2)})]
+
+    h2_events: list[tuple[Any, ...]] = []
+    clock = Clock()
+    consumer = FakeConsumer(h2_events, clock)
+    consumer.steps = [[Msg(0, 0, None, None, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))]]
+    service = ConsumerService(
+        consumer, FakeWriter(h2_events), FakeDLQ(h2_events), TOPIC, clock=clock
+    )
+    consumer.service = service
+    with pytest.raises(FatalError, match="Kafka refused the consumer"):
+        service.run()
+
+
+# ----------------------------------------------------------------------------- transient errors
+
+
+def test_transient_db_error_pauses_polls_retries_the_same_batch_then_resumes(h: Harness) -> None:
+    h.writer.failures = [transient(), transient(), transient()]
+    batch = [msg(0, 0, valid_order(1)), msg(1, 0, valid_order(2))]
+    h.consumer.steps = [batch]
+    h.run()
+    kinds = [e[0] for e in h.events]
+    first_commit = kinds.index("commit")
+    # nothing committed before the successful write
+    assert kinds[:first_commit].count("write") == 1
+    assert kinds[:first_commit].count("write failed") == 3
+    assert ("pause", {0, 1, 2}) in h.events[:first_commit]
+    assert "poll" in kinds[:first_commit]  # group membership kept while waiting
+    # written, partitions resumed, and only then the offsets committed
+    assert h.events[first_commit - 2 : first_commit + 1] == [
+        ("write", ["ORD-20250110-00001", "ORD-20250110-00002"]),
+        ("resume", {0, 1, 2}),
+        ("commit", {(0, 1), (1, 1)}),
+    ]
+    # the same batch, every time
+    writes = [e[1] for e in h.events if e[0] in ("write", "write failed")]
+    assert all(w == writes[0] for w in writes)
+    assert h.service.stats.db_retries == 3
+
+
+def test_backoff_doubles_while_the_database_stays_down(h: Harness) -> None:
+    h.writer.failures = [transient() for _ in range(8)]
+    times: list[float] = []
+    h.writer.on_write = lambda: times.append(h.clock.now)
+    h.consumer.steps = [[msg(0, 0, valid_order(1))]]
+    h.run()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # 0.5 s doubling to the 30 s cap, each jittered down by at most 20 %, polled in 1 s slices
+    assert gaps[0] < 1.1
+    assert gaps[-1] >= 24.0
+    assert all(gap <= 31.0 for gap in gaps)
+    assert h.service.stats.written == 1
+
+
+def test_fatal_db_error_stops_after_a_few_attempts_without_commit(h: Harness) -> None:
+    h.writer.failures = [auth_refused() for _ in range(5)]
+    h.consumer.steps = [[msg(0, 0, valid_order(1))]]
+    with pytest.raises(FatalError, match="database refused the batch 3 times"):
+        h.run()
+    assert h.of("commit") == []
+    assert len(h.of("write failed")) == 3
+
+
+def test_a_bug_in_the_writer_is_not_retried_or_hidden(h: Harness) -> None:
+    h.writer.failures = [TypeError("a bug")]
+    h.consumer.steps = [[msg(0, 0, valid_order(1))]]
+    with pytest.raises(TypeError):
+        h.run()
+    assert h.of("commit") == []
+
+
+def test_stop_while_waiting_for_the_database_abandons_the_batch_uncommitted(h: Harness) -> None:
+    h.writer.failures = [transient() for _ in range(100)]
+    h.consumer.poll_steps = [lambda: None, lambda: (h.service.request_stop(), None)[1]]
+    h.consumer.steps = [[msg(0, 0, valid_order(1))]]
+    h.run()
+    assert h.of("commit") == []
+    assert h.service.stats.abandoned == 1
+    assert h.consumer.closed
+
+
+def test_revoke_while_waiting_drops_only_the_revoked_partitions_messages(h: Harness) -> None:
+    h.writer.failures = [transient()]
+
+    def revoke_partition_1() -> None:
+        h.consumer.revoke([(TOPIC, 1)])
+
+    h.consumer.poll_steps = [lambda: (revoke_partition_1(), None)[1]]
+    h.consumer.steps = [
+        [msg(0, 0, valid_order(1)), msg(1, 0, valid_order(2)), msg(1, 1, value=b"x")]
+    ]
+    h.run()
+    assert h.of("write") == [("write", ["ORD-20250110-00001"])]
+    assert h.of("dlq") == []  # the revoked partition's poison is its next owner's business
+    assert h.of("commit") == [("commit", {(0, 1)})]
+    assert h.service.stats.dropped_on_revoke == 2
+
+
+def test_lost_while_waiting_drops_and_commits_nothing_for_lost_partitions(h: Harness) -> None:
+    h.writer.failures = [transient()]
+    h.consumer.poll_steps = [
+        lambda: (h.consumer.revoke([(TOPIC, 0), (TOPIC, 1)], lost=True), None)[1]
+    ]
+    h.consumer.steps = [[msg(0, 0, valid_order(1)), msg(2, 0, valid_order(2))]]
+    h.run()
+    assert h.of("write") == [("write", ["ORD-20250110-00002"])]
+    assert h.of("commit") == [("commit", {(2, 1)})]
+    assert h.service.assigned == set()  # close() revoked the rest
+
+
+def test_a_partition_assigned_while_waiting_is_paused_and_its_messages_kept(h: Harness) -> None:
+    h.consumer.assigned = []
+    h.consumer.subscribe = lambda topics, **cb: (  # type: ignore[method-assign]
+        h.consumer.callbacks.update(cb),
+        h.consumer.assign([(TOPIC, 0)]),
+    )[0]
+    h.writer.failures = [transient()]
+    early = msg(1, 0, valid_order(9))
+
+    def assign_partition_1() -> Msg:
+        h.consumer.assign([(TOPIC, 1)])
+        return early  # arrived before we could pause it
+
+    h.consumer.poll_steps = [assign_partition_1]
+    h.consumer.steps = [[msg(0, 0, valid_order(1))]]
+    h.run()
+    assert ("pause", {1}) in h.events
+    assert h.of("write") == [
+        ("write", ["ORD-20250110-00001"]),
+        ("write", ["ORD-20250110-00009"]),
+    ]
+    assert h.of("commit") == [("commit", {(0, 1)}), ("commit", {(1, 1)})]
+
+
+# ----------------------------------------------------------------------------- offset commits
+
+
+def test_a_failed_commit_is_retried_on_the_next_iteration(h: Harness) -> None:
+    h.consumer.commit_errors = [KafkaException(KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE))]
+    h.consumer.steps = [[msg(0, 0, valid_order(1))], []]
+    h.run()
+    assert h.of("commit") == [("commit", {(0, 1)})]
+    assert h.service.stats.commit_failures == 1
+
+
+def test_a_failed_commit_is_retried_on_revoke_while_we_still_own_the_partition(
+    h: Harness,
+) -> None:
+    h.consumer.commit_errors = [KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))]
+    h.consumer.steps = [
+        [msg(0, 4, valid_order(1))],
+        lambda: (h.consumer.revoke([(TOPIC, 0)]), [])[1],
+    ]
+    h.run()
+    assert h.of("commit")[0] == ("commit", {(0, 5)})
+
+
+def test_a_fatal_commit_error_stops(h: Harness) -> None:
+    h.consumer.commit_errors = [KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))]
+    h.consumer.steps = [[msg(0, 0, valid_order(1))]]
+    with pytest.raises(FatalError, match="offset commit refused"):
+        h.run()
+
+
+def test_stop_during_a_batch_finishes_and_commits_it(h: Harness) -> None:
+    def stop_then_deliver() -> list[Msg]:
+        h.service.request_stop()
+        return [msg(0, 0, valid_order(1))]
+
+    h.consumer.steps = [stop_then_deliver, [msg(0, 1, valid_order(2))]]
+    h.run()
+    assert h.of("write") == [("write", ["ORD-20250110-00001"])]
+    assert h.of("commit") == [("commit", {(0, 1)})]
+    assert h.events[-1][0] == "close"
+
+
+def test_summary_is_logged_every_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "json")
+    h = make_harness()
+    h.consumer.steps = [[msg(0, 0, valid_order(1))]] + [[] for _ in range(12)]
+    h.run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if '"consumer stats"' in line]
+    assert len(lines) >= 2
+    assert '"written": 1' in lines[-1]
+    assert '"batch_p99_ms"' in lines[-1]
