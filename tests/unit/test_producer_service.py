@@ -87,6 +87,7 @@ class FakeProducer:
         deliver: bool = True,
         sync_error: Callable[[bytes], KafkaError | None] | None = None,
         instant: bool = True,
+        produce_cost_s: float = 0.0,
     ) -> None:
         self.clock = clock
         self.capacity = capacity
@@ -95,17 +96,20 @@ class FakeProducer:
         self.sync_error = sync_error
         # False: like a real network, reports are not there yet on a poll(0).
         self.instant = instant
+        self.produce_cost_s = produce_cost_s  # simulated CPU time of one produce()
         self.queue: list[tuple[bytes, bytes, list[tuple[str, bytes]], Any]] = []
         self.attempts: dict[bytes, int] = defaultdict(int)
         self.log: list[FakeMessage] = []  # what the "broker" stored
         self.headers_seen: list[list[tuple[str, bytes]]] = []
         self.polls = 0
+        self.timeouts: list[float] = []
         self.on_poll: Callable[[], None] | None = None
 
     def produce(
         self, topic: str, *, value: bytes, key: bytes, headers: Any, on_delivery: Any
     ) -> None:
         assert topic == TOPIC
+        self.clock.t += self.produce_cost_s
         if len(self.queue) >= self.capacity:
             raise BufferError("Local: Queue full")
         if self.sync_error is not None:
@@ -116,6 +120,7 @@ class FakeProducer:
 
     def poll(self, timeout: float = 0.0) -> int:
         self.polls += 1
+        self.timeouts.append(timeout)
         if self.on_poll is not None:
             self.on_poll()
         if not self.deliver or not self.queue or (timeout == 0 and not self.instant):
@@ -239,6 +244,25 @@ def test_the_rate_is_kept_by_polling_between_orders(tmp_path: Path, clock: SimCl
     stamps = [Order.model_validate_json(m.value()).created_at for m in fake.log]
     gaps = {round((b - a).total_seconds(), 6) for a, b in itertools.pairwise(stamps)}
     assert gaps == {0.05}
+
+
+def test_waiting_at_1000_per_second_blocks_instead_of_spinning(
+    tmp_path: Path, clock: SimClock
+) -> None:
+    # librdkafka rounds poll timeouts down to whole milliseconds: a 0.4 ms wait passed
+    # as poll(0.0004) would return at once and the loop would spin until the slot.
+    fake = FakeProducer(clock, instant=False, produce_cost_s=0.0003)
+    producer = make(tmp_path, clock, fake, rate=1000, count=3000)
+    start = clock.t
+    result = producer.run()
+    assert result.delivered == 3000
+    blocking = [t for t in fake.timeouts if t != 0]
+    assert blocking
+    assert min(blocking) >= 0.001
+    # A wait per order, plus one when a poll returns early with delivery reports.
+    assert len(blocking) <= 2 * 3000
+    # Rounding waits up to 1 ms costs no throughput: the schedule catches up.
+    assert clock.t - start == pytest.approx(3.0, rel=0.02)
 
 
 def test_a_full_local_queue_is_handled_by_polling(tmp_path: Path, clock: SimClock) -> None:

@@ -129,7 +129,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if show_progress is None:
         show_progress = args.count is not None and sys.stderr.isatty()
     reporters: list[Reporter] = (
-        [ProgressReporter(args.count)] if show_progress and args.count else [LogReporter()]
+        [ProgressReporter(args.count)]
+        if show_progress and args.count
+        else [LogReporter(logger=get_logger("producer", topic=settings.kafka_topic))]
     )
 
     service: OrderProducer | None = None

@@ -82,6 +82,8 @@ TRANSIENT_ERRORS = frozenset(
 )
 
 _ORDER_ID_AT = len(b'{"order_id":"')
+#: The shortest blocking poll: librdkafka's timeouts are whole milliseconds.
+MIN_POLL_S = 0.001
 
 
 class KafkaProducerLike(Protocol):
@@ -383,8 +385,14 @@ class OrderProducer:
         return False
 
     def _idle(self, timeout: float) -> None:
-        """Wait up to ``timeout`` s while serving delivery reports (no busy-wait)."""
-        self._producer.poll(timeout)
+        """Wait up to ``timeout`` s while serving delivery reports (no busy-wait).
+
+        librdkafka's poll timeout is whole milliseconds: a shorter wait (at 1,000/s most
+        waits are) would become ``poll(0)`` and return at once, and the rate limiter
+        would spin until the slot is due. Waiting at least 1 ms instead oversleeps by
+        under a millisecond, which the limiter's schedule absorbs.
+        """
+        self._producer.poll(max(timeout, MIN_POLL_S))
         self._tick()
 
     def _tick(self) -> None:
@@ -407,7 +415,7 @@ class OrderProducer:
                 break
             self._resend_due()
             wait = 0.1 if deadline is None else min(0.1, deadline - now)
-            self._idle(max(wait, 0.0))
+            self._idle(wait)
 
     def _finish(self, reason: str) -> ProduceResult:
         now = self._clock()
