@@ -1,0 +1,614 @@
+"""docker-compose.yml and docker-compose.aws.yml, checked without a Docker engine.
+
+The files are parsed as Compose parses them (YAML anchors and merge keys, then variable
+interpolation from a .env that is a copy of .env.example) and checked against the
+Compose specification's JSON schema, the Settings object, the CLI's parser and the
+memory budget in docs/deployment/aws-setup.md. When a Compose front end is installed
+(`docker compose` or the older `docker-compose`), its own `config` check runs too; it
+needs no engine either.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from foodpipe.cli import COMMANDS, build_parser
+from foodpipe.kafka import topic_specs
+from foodpipe.settings import PLACEHOLDER_PASSWORDS, ConfigError, Settings, load_settings
+
+from ..compose_support import (
+    COMPOSE_FILES,
+    MissingVariable,
+    example_env,
+    foodpipe_services,
+    interpolation_names,
+    load_compose,
+    parse_bytes,
+    service_env,
+)
+from ..support import REPO
+
+SCHEMA = REPO / "tests" / "data" / "compose-spec.json"
+AWS_DOC = REPO / "docs" / "deployment" / "aws-setup.md"
+FILES = sorted(COMPOSE_FILES)
+
+MIB = 1024**2
+GIB = 1024**3
+#: The issue's budget for the AWS file: all memory limits together, on a 2 GiB t2.small.
+AWS_BUDGET = int(1.6 * GIB)
+
+EXPECTED_SERVICES = {"kafka", "postgres", "db-init", "topics-init", "producer", "consumer"}
+ONE_SHOTS = {"db-init", "topics-init"}
+LONG_RUNNING = EXPECTED_SERVICES - ONE_SHOTS
+
+SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
+#: Settings fields no service receives, and why.
+NOT_PASSED = {
+    "DATABASE_URL": "Compose passes the POSTGRES_* parts, so no password sits inside a URL",
+    "DATABASE_ADMIN_URL": "the owner account is for tooling and humans, never for a service",
+}
+
+#: What each foodpipe service cannot do without (its defaults are wrong in a container,
+#: or the value is a secret, or it is the knob that service exists for).
+COMMON_NEEDS = {
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_TOPIC",
+    "KAFKA_DLQ_TOPIC",
+}
+NEEDS = {
+    "topics-init": COMMON_NEEDS
+    | {"KAFKA_TOPIC_PARTITIONS", "KAFKA_REPLICATION_FACTOR", "KAFKA_RETENTION_MS"},
+    "producer": COMMON_NEEDS | {"ORDER_RATE", "PRODUCER_STATE_DIR", "METRICS_PORT", "METRICS_HOST"},
+    "consumer": COMMON_NEEDS
+    | {
+        "FOODPIPE_ENV",
+        "KAFKA_CONSUMER_GROUP",
+        "POSTGRES_HOST",
+        "POSTGRES_PORT",
+        "POSTGRES_DB",
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+        "DB_POOL_SIZE",
+        "BATCH_SIZE",
+        "BATCH_TIMEOUT_MS",
+        "METRICS_PORT",
+        "METRICS_HOST",
+    },
+}
+#: Secrets: a service may receive these only from .env, never as a literal.
+SECRETS = {"POSTGRES_PASSWORD", "POSTGRES_ADMIN_PASSWORD"}
+
+
+def compose(name: str) -> dict[str, Any]:
+    return load_compose(name, example_env())
+
+
+def raw_text(name: str) -> str:
+    return COMPOSE_FILES[name].read_text()
+
+
+def services(name: str) -> dict[str, dict[str, Any]]:
+    return compose(name)["services"]
+
+
+def generated_env() -> dict[str, str]:
+    """A .env as setup_local.sh / deploy_aws.sh write it: real secrets, not placeholders."""
+    env = example_env()
+    env.update(
+        POSTGRES_PASSWORD="Zq8-generated-app-pw", POSTGRES_ADMIN_PASSWORD="Zq8-generated-owner"
+    )
+    return env
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    return load_settings(_env_file=None, **{key.lower(): value for key, value in env.items()})
+
+
+# ---------------------------------------------------------------- structure and schema
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_validates_against_the_compose_specification_schema(name: str) -> None:
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = sorted(
+        jsonschema.Draft7Validator(schema).iter_errors(compose(name)), key=lambda e: e.path
+    )
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_the_schema_validator_rejects_what_compose_rejects() -> None:
+    """The vendored schema is the real one: an unknown service key fails validation."""
+    schema = json.loads(SCHEMA.read_text())
+    broken = compose("local")
+    broken["services"]["consumer"]["mem_limmit"] = "128m"
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_has_the_expected_services(name: str) -> None:
+    assert set(services(name)) == EXPECTED_SERVICES
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_uses_keys_both_compose_front_ends_honour(name: str) -> None:
+    """`docker compose` (v2) and the older `docker-compose` both apply mem_limit and cpus;
+    deploy.resources is ignored by docker-compose without --compatibility."""
+    text = raw_text(name)
+    assert not re.search(r"^\s*deploy:", text, re.MULTILINE)
+    assert not re.search(r"^\s*start_interval:", text, re.MULTILINE)
+    assert not re.search(r"^version:", text, re.MULTILINE), "the version key is obsolete"
+
+
+# ---------------------------------------------------------------- Kafka and PostgreSQL
+
+
+def kafka_version_of_native_stack() -> str:
+    pom = (REPO / "scripts" / "kafka" / "pom.xml").read_text()
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
+    assert match
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_kafka_is_the_official_image_in_kraft_mode(name: str) -> None:
+    kafka = services(name)["kafka"]
+    assert kafka["image"] == f"apache/kafka:{kafka_version_of_native_stack()}", (
+        "Compose must run the Kafka version the native tests run (scripts/kafka/pom.xml)"
+    )
+    env = service_env(kafka)
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["CLUSTER_ID"]
+    assert "zookeeper" not in raw_text(name).lower().replace("no zookeeper", "")
+    advertised = env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "INTERNAL://kafka:9092" in advertised
+    host = [listener for listener in advertised if listener.startswith("HOST://")]
+    assert host == ["HOST://127.0.0.1:9092"]
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_postgres_is_15_or_newer_and_applies_init_sql(name: str) -> None:
+    postgres = services(name)["postgres"]
+    image, _, tag = postgres["image"].partition(":")
+    assert image == "postgres"
+    assert int(tag.split("-")[0].split(".")[0]) >= 15
+    mounts = postgres["volumes"]
+    assert "./src/database/init.sql:/docker-entrypoint-initdb.d/001-init.sql:ro" in mounts
+    assert "pg-data:/var/lib/postgresql/data" in mounts
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_db_init_creates_the_app_role_with_app_role_sql(name: str) -> None:
+    db_init = services(name)["db-init"]
+    assert db_init["image"] == services(name)["postgres"]["image"]
+    assert "./src/database/app_role.sql:/foodpipe/app_role.sql:ro" in db_init["volumes"]
+    script = " ".join(db_init["command"])
+    assert "-v app_user=" in script
+    assert "-v app_password=" in script
+    assert "-f /foodpipe/app_role.sql" in script
+    assert "ON_ERROR_STOP=1" in script
+    env = service_env(load_compose(name)["services"]["db-init"])
+    assert env["APP_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert env["PGPASSWORD"].startswith("${POSTGRES_ADMIN_PASSWORD:?")
+    # The role it creates is the one the consumer logs in as.
+    assert (
+        env["APP_USER"] == service_env(load_compose(name)["services"]["consumer"])["POSTGRES_USER"]
+    )
+
+
+# ---------------------------------------------------------------- code <-> compose drift
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_variable_passed_to_foodpipe_is_a_setting(name: str) -> None:
+    for service_name, service in foodpipe_services(compose(name)).items():
+        unknown = set(service_env(service)) - SETTINGS_VARS
+        assert not unknown, f"{name}/{service_name} passes {unknown}, which Settings ignores"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_setting_reaches_a_service(name: str) -> None:
+    passed = set().union(*(service_env(s) for s in foodpipe_services(compose(name)).values()))
+    missing = SETTINGS_VARS - passed - set(NOT_PASSED)
+    assert not missing, (
+        f"{name}: Settings fields no service receives: {sorted(missing)}; pass them in "
+        "the Compose file (or explain in NOT_PASSED why not)"
+    )
+    assert set(NOT_PASSED) <= SETTINGS_VARS, "NOT_PASSED names a field that no longer exists"
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("service_name", sorted(NEEDS))
+def test_each_service_gets_what_it_needs(name: str, service_name: str) -> None:
+    env = service_env(services(name)[service_name])
+    assert NEEDS[service_name] <= set(env), sorted(NEEDS[service_name] - set(env))
+    assert "DATABASE_URL" not in env
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_only_the_consumer_holds_a_database_password(name: str) -> None:
+    for service_name, service in foodpipe_services(compose(name)).items():
+        if service_name != "consumer":
+            assert not {"POSTGRES_PASSWORD", "DATABASE_URL"} & set(service_env(service))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_service_environment_is_valid_settings(name: str) -> None:
+    for service_name, service in foodpipe_services(load_compose(name, generated_env())).items():
+        try:
+            settings_from(service_env(service))
+        except ConfigError as exc:
+            pytest.fail(f"{name}/{service_name}: {exc}")
+
+
+def test_containers_talk_to_each_other_not_to_the_host() -> None:
+    for name in FILES:
+        for service in foodpipe_services(compose(name)).values():
+            env = service_env(service)
+            assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+            if "POSTGRES_HOST" in env:
+                assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("postgres", "5432")
+            if "METRICS_HOST" in env:
+                assert env["METRICS_HOST"] == "0.0.0.0"  # noqa: S104 - inside a container
+
+
+def test_aws_consumer_refuses_placeholder_passwords() -> None:
+    consumer = services("aws")["consumer"]
+    env = service_env(consumer)
+    assert env["FOODPIPE_ENV"] == "production"
+    assert env["POSTGRES_PASSWORD"] in PLACEHOLDER_PASSWORDS  # a plain copy of the example
+    with pytest.raises(ConfigError, match="placeholder"):
+        settings_from(env)
+
+
+# ---------------------------------------------------------------- the commands
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_commands_are_foodpipe_subcommands_the_cli_accepts(name: str) -> None:
+    parser = build_parser()
+    expected = {"topics-init": "topics", "producer": "produce", "consumer": "consume"}
+    for service_name, service in foodpipe_services(compose(name)).items():
+        command = service["command"]
+        assert isinstance(command, list), "exec form: no shell between Docker and foodpipe"
+        assert command[0] == expected[service_name]
+        assert command[0] in COMMANDS
+        args = parser.parse_args(command)  # exits (SystemExit) on an unknown flag
+        assert args.command == command[0]
+
+
+def test_both_files_run_the_same_commands_and_image() -> None:
+    local, aws = compose("local"), compose("aws")
+    for service_name in foodpipe_services(local):
+        # Only the broker wait differs: a t2.small starts Kafka more slowly.
+        strip = [arg for arg in local["services"][service_name]["command"] if not arg.isdigit()]
+        assert strip == [
+            arg for arg in aws["services"][service_name]["command"] if not arg.isdigit()
+        ]
+    assert foodpipe_services(local).keys() == foodpipe_services(aws).keys()
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_topic_init_creates_3_partitions_with_7_day_retention_and_the_dlq(name: str) -> None:
+    settings = settings_from(service_env(services(name)["topics-init"]))
+    orders, dlq = topic_specs(settings)
+    assert (orders.name, orders.partitions) == ("food-orders", 3)
+    assert orders.config["retention.ms"] == str(7 * 24 * 3600 * 1000)
+    assert dlq.name == "food-orders.dlq"
+
+
+# ---------------------------------------------------------------- resources
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_service_has_memory_and_cpu_limits(name: str) -> None:
+    for service_name, service in services(name).items():
+        assert "mem_limit" in service, f"{name}/{service_name} has no mem_limit"
+        assert float(service["cpus"]) > 0, f"{name}/{service_name} has no cpus limit"
+    assert parse_bytes(services(name)["producer"]["mem_limit"]) == 128 * MIB
+    assert parse_bytes(services(name)["consumer"]["mem_limit"]) == 128 * MIB
+
+
+def limits(name: str) -> dict[str, int]:
+    return {s: parse_bytes(v["mem_limit"]) for s, v in services(name).items()}
+
+
+def test_aws_memory_limits_fit_the_t2_small_budget() -> None:
+    mem = limits("aws")
+    steady = sum(mem[s] for s in LONG_RUNNING)
+    assert steady <= AWS_BUDGET, f"{steady / MIB:.0f} MiB > {AWS_BUDGET / MIB:.0f} MiB"
+    # The file's comment promises that a second consumer still fits.
+    assert steady + mem["consumer"] <= AWS_BUDGET
+    # The one-shots run before the producer and the consumer start (depends_on).
+    start_up = mem["kafka"] + mem["postgres"] + mem["db-init"] + mem["topics-init"]
+    assert start_up <= AWS_BUDGET
+
+
+def _heap_max(opts: str) -> int:
+    match = re.search(r"-Xmx(\d+[kmg])", opts, re.IGNORECASE)
+    assert match, f"no -Xmx in {opts!r}"
+    return parse_bytes(match.group(1))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_kafka_heap_leaves_room_for_the_rest_of_the_jvm(name: str) -> None:
+    kafka = services(name)["kafka"]
+    heap = _heap_max(service_env(kafka)["KAFKA_HEAP_OPTS"])
+    assert heap <= 512 * MIB
+    # Metaspace, code cache, thread stacks and buffers live outside the heap.
+    assert parse_bytes(kafka["mem_limit"]) - heap >= 192 * MIB
+    # The healthcheck's tool JVM runs in the same container: it gets its own small heap.
+    assert "KAFKA_HEAP_OPTS=-Xmx64m" in " ".join(kafka["healthcheck"]["test"])
+
+
+def postgres_settings(name: str) -> dict[str, str]:
+    command = services(name)["postgres"].get("command") or []
+    return dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "-c")
+
+
+def test_aws_kafka_and_postgres_are_sized_for_a_t2_small() -> None:
+    kafka = service_env(services("aws")["kafka"])
+    assert _heap_max(kafka["KAFKA_HEAP_OPTS"]) <= 512 * MIB
+    # The cleaner's dedupe buffer sits on the heap; the default is 128 MiB.
+    assert int(kafka["KAFKA_LOG_CLEANER_DEDUPE_BUFFER_SIZE"]) <= 32 * MIB
+    pg = postgres_settings("aws")
+    assert pg["shared_buffers"] == "256MB"
+    assert parse_bytes(pg["work_mem"]) <= 8 * MIB
+    max_connections = int(pg["max_connections"])
+    assert max_connections <= 50
+    # Room for every consumer the partitions allow, each with its pool, plus humans.
+    partitions = int(service_env(services("aws")["topics-init"])["KAFKA_TOPIC_PARTITIONS"])
+    pool = int(service_env(services("aws")["consumer"])["DB_POOL_SIZE"])
+    assert partitions * pool + 10 <= max_connections
+    assert (
+        parse_bytes(pg["shared_buffers"])
+        <= parse_bytes(services("aws")["postgres"]["mem_limit"]) * 0.6
+    )
+
+
+# ---------------------------------------------------------------- health, order, scaling
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_kafka_and_postgres_have_healthchecks(name: str) -> None:
+    for service_name in ("kafka", "postgres"):
+        check = services(name)[service_name]["healthcheck"]
+        assert check["test"][0] == "CMD-SHELL"
+        assert {"interval", "timeout", "retries", "start_period"} <= set(check)
+    assert "kafka-broker-api-versions.sh" in " ".join(
+        services(name)["kafka"]["healthcheck"]["test"]
+    )
+    assert "pg_isready -h 127.0.0.1" in " ".join(services(name)["postgres"]["healthcheck"]["test"])
+
+
+EXPECTED_DEPENDS = {
+    "db-init": {"postgres": "service_healthy"},
+    "topics-init": {"kafka": "service_healthy"},
+    "producer": {"kafka": "service_healthy", "topics-init": "service_completed_successfully"},
+    "consumer": {
+        "kafka": "service_healthy",
+        "postgres": "service_healthy",
+        "topics-init": "service_completed_successfully",
+        "db-init": "service_completed_successfully",
+    },
+}
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_start_up_order_is_enforced_by_depends_on_conditions(name: str) -> None:
+    svc = services(name)
+    for service_name, expected in EXPECTED_DEPENDS.items():
+        actual = {dep: spec["condition"] for dep, spec in svc[service_name]["depends_on"].items()}
+        assert actual == expected, service_name
+    for service in svc.values():
+        for dep, spec in (service.get("depends_on") or {}).items():
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in svc[dep], f"{dep} has no healthcheck to wait for"
+            if spec["condition"] == "service_completed_successfully":
+                assert dep in ONE_SHOTS
+                assert svc[dep]["restart"] == "no"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_consumer_can_be_scaled(name: str) -> None:
+    for service_name, service in services(name).items():
+        assert "container_name" not in service, f"{service_name}: container_name blocks scaling"
+    for service_name in ("consumer", "producer"):
+        assert "ports" not in services(name)[service_name]
+        assert "hostname" not in services(name)[service_name]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_published_ports_are_bound_to_loopback(name: str) -> None:
+    for service_name, service in services(name).items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{service_name} publishes {port}"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_data_lives_on_named_volumes(name: str) -> None:
+    data = compose(name)
+    assert set(data["volumes"]) == {"kafka-data", "pg-data", "producer-state"}
+    assert "kafka-data:/var/lib/kafka/data" in data["services"]["kafka"]["volumes"]
+    assert service_env(data["services"]["kafka"])["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    producer = data["services"]["producer"]
+    state_dir = service_env(producer)["PRODUCER_STATE_DIR"]
+    assert f"producer-state:{state_dir}" in producer["volumes"]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_python_services_run_hardened(name: str) -> None:
+    for service_name, service in foodpipe_services(compose(name)).items():
+        assert service["init"] is True, service_name
+        assert service["read_only"] is True, service_name
+        assert service["cap_drop"] == ["ALL"], service_name
+        assert "no-new-privileges:true" in service["security_opt"], service_name
+        assert service["build"]["context"] == "."
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_long_running_python_services_get_time_to_stop_cleanly(name: str) -> None:
+    for service_name in ("producer", "consumer"):
+        assert services(name)[service_name]["stop_grace_period"] == "30s"
+
+
+# ---------------------------------------------------------------- AWS operations
+
+
+def test_aws_services_restart_and_one_shots_do_not() -> None:
+    for service_name, service in services("aws").items():
+        expected = "no" if service_name in ONE_SHOTS else "unless-stopped"
+        assert service["restart"] == expected, service_name
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_log_is_rotated(name: str) -> None:
+    for service_name, service in services(name).items():
+        logging = service["logging"]
+        assert logging["driver"] == "json-file", service_name
+        assert parse_bytes(logging["options"]["max-size"]) <= 50 * MIB
+        assert 1 <= int(logging["options"]["max-file"]) <= 5
+
+
+def test_aws_logs_are_json() -> None:
+    for service in foodpipe_services(compose("aws")).values():
+        assert service_env(service)["LOG_FORMAT"] == "json"
+
+
+def budget_table() -> dict[str, int]:
+    """The memory table of docs/deployment/aws-setup.md: service -> MiB."""
+    text = AWS_DOC.read_text()
+    start = text.index("<!-- memory-budget -->")
+    rows: dict[str, int] = {}
+    for line in text[start:].splitlines()[1:]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [cell.strip().strip("*`") for cell in line.strip("|").split("|")]
+        match = re.fullmatch(r"(\d+) MiB", cells[1]) if len(cells) > 1 else None
+        if match:
+            rows[cells[0]] = int(match.group(1))
+    return rows
+
+
+def test_aws_setup_doc_budget_table_matches_the_aws_file() -> None:
+    table = budget_table()
+    mem = limits("aws")
+    for service_name in EXPECTED_SERVICES:
+        assert table[service_name] * MIB == mem[service_name], service_name
+    steady = sum(mem[s] for s in LONG_RUNNING)
+    assert table["total (long-running)"] * MIB == steady
+    assert table["total with 2 consumers"] * MIB == steady + mem["consumer"]
+
+
+# ---------------------------------------------------------------- secrets
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_secrets_come_only_from_env_and_are_required(name: str) -> None:
+    text = raw_text(name)
+    for secret in SECRETS:
+        uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
+        assert uses, f"{secret} is not used"
+        assert all(use.startswith(":?") for use in uses), f"{secret} must be ${{{secret}:?...}}"
+    for service in load_compose(name)["services"].values():
+        for key, value in service_env(service).items():
+            if "PASSWORD" in key:
+                assert value.startswith("${") or value.startswith("$$"), f"literal {key}"
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_secret(name: str, secret: str) -> None:
+    env = generated_env()
+    del env[secret]
+    with pytest.raises(MissingVariable, match=secret):
+        load_compose(name, env)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_interpolated_variable_is_documented_in_env_example(name: str) -> None:
+    from ..compose_support import read_env_file
+
+    documented = set(read_env_file().documented)
+    assert interpolation_names(raw_text(name)) <= documented
+
+
+# ---------------------------------------------------------------- the real front ends
+
+
+def _front_ends() -> list[Any]:
+    found = []
+    docker = shutil.which("docker")
+    plugin_ok = False
+    if docker:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, check=False
+        )
+        plugin_ok = probe.returncode == 0
+    found.append(
+        pytest.param(
+            [docker or "docker", "compose"],
+            id="docker-compose-v2",
+            marks=pytest.mark.skipif(
+                not plugin_ok, reason="the `docker compose` plugin is not installed here"
+            ),
+        )
+    )
+    legacy = shutil.which("docker-compose")
+    found.append(
+        pytest.param(
+            [legacy or "docker-compose"],
+            id="docker-compose-v1",
+            marks=pytest.mark.skipif(
+                legacy is None, reason="the legacy `docker-compose` command is not installed here"
+            ),
+        )
+    )
+    return found
+
+
+@pytest.mark.parametrize("front_end", _front_ends())
+@pytest.mark.parametrize("name", FILES)
+def test_the_compose_front_end_accepts_the_file(
+    front_end: list[str], name: str, tmp_path: Path
+) -> None:
+    """`config` parses, interpolates and validates without talking to an engine."""
+    env_file = tmp_path / "env"
+    env_file.write_text("\n".join(f"{k}={v}" for k, v in generated_env().items()) + "\n")
+    result = subprocess.run(
+        [*front_end, "--env-file", str(env_file), "-f", str(COMPOSE_FILES[name]), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "consumer:" in result.stdout
+    assert "Zq8-generated-app-pw" in result.stdout  # .env reached the interpolation
+
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    refused = subprocess.run(
+        [*front_end, "--env-file", str(empty), "-f", str(COMPOSE_FILES[name]), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "PASSWORD" in refused.stderr
