@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from foodpipe.kafka import admin_config, consumer_config, ensure_topics, topic_specs
@@ -199,11 +199,39 @@ def measure_max_rate(settings: Settings, work_dir: Path, count: int) -> dict[str
     }
 
 
+def topic_size(settings: Settings, topic: str) -> int:
+    """Messages in ``topic`` (sum of log-end offsets); 0 until it has partition leaders."""
+    consumer = Consumer(consumer_config(settings, **{"group.id": "measure-offsets"}))
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        total = 0
+        for partition in metadata.topics[topic].partitions:
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10
+            )
+            total += high
+        return total
+    except KafkaException:
+        return 0  # a topic created a moment ago may have no leader yet
+    finally:
+        consumer.close()
+
+
 def measure_rate_accuracy(
-    settings: Settings, work_dir: Path, rates: Sequence[float], window_s: float
+    settings: Settings,
+    work_dir: Path,
+    rates: Sequence[float],
+    window_s: float,
+    *,
+    skip_s: float = 1.0,
+    timeout_s: float = 180.0,
 ) -> list[dict[str, Any]]:
-    """Run one producer per rate at the same time; compare achieved to target."""
-    skip_s = 1.0
+    """Run one producer per rate, side by side; compare the achieved rate to the target.
+
+    Each producer runs until its topic holds enough orders to cover ``skip_s`` of
+    warm-up, the window and one more second; then it gets SIGTERM, and its orders'
+    ``created_at`` stamps are read back and counted over the window.
+    """
     runs = []
     for rate in rates:
         topic = fresh_topic(settings, f"rate{rate:g}")
@@ -213,29 +241,40 @@ def measure_rate_accuracy(
             proc = subprocess.Popen(
                 produce_argv(["--rate", f"{rate:g}"]), env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        runs.append((rate, topic, proc, log_path))
-    # Start-up (~1 s) + warm-up + window + margin.
-    time.sleep(skip_s + window_s + 4.0)  # a measurement window, not a synchronisation
+        runs.append((rate, topic, proc, log_path, int(rate * (skip_s + window_s + 1))))
     results = []
-    for rate, topic, proc, log_path in runs:
-        peak = read_status_kib(proc.pid) or 0
-        proc.send_signal(signal.SIGTERM)
-        exit_code = proc.wait(timeout=60)
-        summary = summary_of(json_lines(log_path)) or {}
-        delivered = int(summary.get("delivered", 0))
-        stamps = read_created_at(topic, topic.kafka_topic, delivered)
-        achieved = achieved_rate(stamps, window_s, skip_s)
-        results.append(
-            {
-                "target_rate": rate,
-                "window_s": window_s,
-                "achieved_rate": round(achieved, 3),
-                "error_pct": round(100 * (achieved - rate) / rate, 3),
-                "delivered": delivered,
-                "exit_code": exit_code,
-                "peak_rss_mib": round(peak / 1024, 1),
-            }
-        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        for rate, topic, proc, _log, needed in runs:
+            while topic_size(topic, topic.kafka_topic) < needed:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"the producer at {rate:g}/s did not reach {needed} orders")
+                time.sleep(0.5)  # polling the topic's size; not a hot path
+        peaks = [read_status_kib(proc.pid) or 0 for _r, _t, proc, _l, _n in runs]
+        for _rate, _topic, proc, _log, _needed in runs:
+            proc.send_signal(signal.SIGTERM)
+        for (rate, topic, proc, log_path, _needed), peak in zip(runs, peaks, strict=True):
+            exit_code = proc.wait(timeout=60)
+            summary = summary_of(json_lines(log_path)) or {}
+            delivered = int(summary.get("delivered", 0))
+            stamps = read_created_at(topic, topic.kafka_topic, delivered)
+            achieved = achieved_rate(stamps, window_s, skip_s)
+            results.append(
+                {
+                    "target_rate": rate,
+                    "window_s": window_s,
+                    "achieved_rate": round(achieved, 3),
+                    "error_pct": round(100 * (achieved - rate) / rate, 3),
+                    "delivered": delivered,
+                    "exit_code": exit_code,
+                    "peak_rss_mib": round(peak / 1024, 1),
+                }
+            )
+    finally:
+        for _rate, _topic, proc, _log, _needed in runs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return results
 
 
