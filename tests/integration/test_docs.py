@@ -1,0 +1,306 @@
+"""The docs run: every command in README.md and docs/KeyPoints/*.md is executed or checked.
+
+The convention for writing docs
+===============================
+- Commands go in fenced blocks tagged ``bash``, one command per line (a ``\\`` at the
+  end of a line, or a heredoc, continues it). Every ``bash`` block is read by this test;
+  there is no "not run" tag. ``sh``, ``shell`` and ``console`` blocks are refused, so a
+  command cannot hide from the test.
+- A ``text`` block right after a ``bash`` block (prose in between is fine, a heading is
+  not) shows the output of that block's LAST command. The test checks it: each
+  non-blank line must appear in the output, in order, as part of one output line;
+  runs of spaces compare equal, and ``...`` stands for text that differs between runs.
+  Keep one command per block when you show its output.
+- How each command is checked depends on what it is:
+
+  ====================================  ==================================================
+  command                               checked by
+  ====================================  ==================================================
+  ``... &`` (ends with ``&``)           started; it must not crash; SIGTERM at the end
+  a ``# ... Ctrl-C ...`` comment        started; when the ``text`` block's output has
+                                        appeared, SIGINT (Ctrl-C); exit 0 or 130
+  ``foodpipe status|audit|health|``     re-run until the output matches (deadline
+  ``dlq list|config``, ``grep``,        90 s): the pipeline needs a moment to get there
+  ``tail``, ``local_stack.sh status``
+  anything else                         run once; exit status 0; output as shown
+  ``docker`` / ``docker-compose``       statically: files, services, profiles and
+                                        ``foodpipe`` sub-commands exist in the compose
+                                        files; then skipped (no Docker engine here)
+  ``scripts/test.sh``                   it is CI's own command: ``.ci/run`` runs it
+  ``pytest ...``                        collected with ``--collect-only`` (the full run is
+                                        CI itself); the selection must not be empty
+  ``scripts/local_stack.sh stop``       not run (it would stop the services of the whole
+                                        test session; the ``stack`` fixture runs it)
+  ====================================  ==================================================
+
+- Scenarios: a heading that starts with "Try it" begins an experiment that runs until
+  the next "Try it" heading; everything before the first one is the page's own scenario
+  (the README runs top to bottom as one). Each scenario runs in a fresh ``bash``, like
+  a new terminal, in a fresh directory that looks like the repository root (symlinks;
+  the commands' ``.env`` and log files land there), against its own topic, DLQ topic,
+  consumer group and database from ``make_pipeline``. The environment variables
+  override what the commands write into ``.env``; output is compared after mapping
+  those private names back to ``food-orders``, ``food-orders.dlq``,
+  ``order-processors`` and ``foodpipe``.
+- A scenario that stops or kills a broker or PostgreSQL is marked ``fault``.
+
+The summary line of a passing run names every scenario, e.g.
+``test_scenario[docs/KeyPoints/consumer.md::Try it: ...] PASSED``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from foodpipe.cli import COMMANDS
+
+from ..conftest import Pipeline, Stack
+from ..docsexec import (
+    FORBIDDEN_LANGS,
+    Command,
+    Kind,
+    Runner,
+    Scenario,
+    ShellSession,
+    all_scenarios,
+    blocks,
+    doc_pages,
+    shadow_checkout,
+)
+from ..support import REPO, subprocess_env
+
+SCENARIOS = all_scenarios()
+
+
+def _commands(kind: Kind) -> list[Command]:
+    return [c for s in SCENARIOS for c in s.commands if c.kind is kind]
+
+
+def _param(scenario: Scenario) -> Any:
+    marks = [pytest.mark.slow]
+    if scenario.is_fault:
+        marks.append(pytest.mark.fault)
+    return pytest.param(scenario, id=scenario.id, marks=marks)
+
+
+def session_env(pipeline: Pipeline, workdir: Path) -> dict[str, str]:
+    """A reader's environment: no virtualenv on PATH (the docs activate it), the
+    pipeline's private names, and the default log format (JSON when not a terminal)."""
+    env = subprocess_env(pipeline.env)
+    venv_bin = str(REPO / ".venv" / "bin")
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    env.pop("LOG_FORMAT", None)
+    env.pop("VIRTUAL_ENV", None)
+    # The private names are longer than the documented ones: a wide "terminal" keeps
+    # rich's tables from wrapping lines that would fit with the documented names.
+    env["COLUMNS"] = "160"
+    # Order-id counters of this run only; the docs' default is .stack/producer-state.
+    env["PRODUCER_STATE_DIR"] = str(workdir / "producer-state")
+    return env
+
+
+def private_names(pipeline: Pipeline) -> dict[str, str]:
+    database = pipeline.settings.sqlalchemy_url().database or ""
+    return {
+        pipeline.dlq_topic: "food-orders.dlq",
+        pipeline.topic: "food-orders",
+        pipeline.group: "order-processors",
+        database: "foodpipe",
+    }
+
+
+@pytest.mark.parametrize("scenario", [_param(s) for s in SCENARIOS])
+def test_scenario(
+    scenario: Scenario,
+    stack: Stack,
+    make_pipeline: Callable[..., Pipeline],
+    tmp_path: Path,
+) -> None:
+    if not scenario.runnable():
+        pytest.skip("no command of this scenario runs here (only static checks)")
+    if scenario.uses_local_stack and stack.source != "local":
+        pytest.skip(f"the docs drive scripts/local_stack.sh; services come from {stack.source}")
+    pipeline = make_pipeline()
+    workdir = shadow_checkout(tmp_path / "checkout")
+    logs = tmp_path / "jobs"
+    logs.mkdir()
+    session = ShellSession(workdir, session_env(pipeline, workdir))
+    try:
+        Runner(session, private_names(pipeline), logs).run(scenario)
+    finally:
+        session.close()
+
+
+# ---------------------------------------------------------------- static checks
+
+
+def test_docs_use_only_checked_blocks() -> None:
+    problems = []
+    for page in doc_pages():
+        rel = page.relative_to(REPO)
+        for block in blocks(page.read_text(encoding="utf-8")):
+            if block.lang in FORBIDDEN_LANGS:
+                problems.append(f"{rel}:{block.line}: a '{block.lang}' block; use 'bash'")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_long_running_command_shows_its_output() -> None:
+    missing = [c.where for c in _commands(Kind.LONG) if c.expect is None]
+    assert not missing, f"Ctrl-C commands need a ```text block after them: {missing}"
+
+
+def test_every_keypoints_page_has_experiments() -> None:
+    for page in (REPO / "docs" / "KeyPoints").glob("*.md"):
+        if page.name == "README.md":
+            continue
+        titles = [s.title for s in all_scenarios() if s.page.endswith(page.name)]
+        assert any(t.lower().startswith("try it") for t in titles), f"{page.name}: no Try it"
+
+
+def test_ci_entry_point_is_what_ci_runs() -> None:
+    commands = _commands(Kind.CI_ENTRY)
+    ci = (REPO / ".ci" / "run").read_text()
+    for command in commands:
+        assert command.words[0] in ("scripts/test.sh", ".ci/run", "bash"), command.where
+        if command.words[0] == "scripts/test.sh":
+            assert "scripts/test.sh" in ci, f"{command.where}: .ci/run does not run it"
+
+
+def test_stack_stop_is_what_the_fixture_runs() -> None:
+    script = (REPO / "scripts" / "local_stack.sh").read_text()
+    conftest = (REPO / "tests" / "conftest.py").read_text()
+    for command in _commands(Kind.STACK_STOP):
+        assert re.search(r"^\s*stop\)", script, re.MULTILINE), command.where
+        assert '"stop"]' in conftest, "the stack fixture no longer stops the stack"
+
+
+@pytest.mark.parametrize("command", _commands(Kind.PYTEST), ids=lambda c: c.code)
+def test_pytest_selection_is_valid(command: Command) -> None:
+    words = command.words
+    at = next(i for i, w in enumerate(words) if w.endswith("pytest"))
+    args = words[at + 1 :]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *args,
+            "--collect-only",
+            "-q",
+            "--no-cov",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, f"{command.where}: {result.stdout[-2000:]}{result.stderr}"
+    collected = re.search(r"(\d+) tests? collected", result.stdout)
+    assert collected, f"{command.where}: no 'N tests collected' line:\n{result.stdout[-2000:]}"
+    assert int(collected.group(1)) > 0, f"{command.where}: selects no test"
+
+
+COMPOSE_SUBCOMMANDS = frozenset(
+    {"up", "down", "logs", "ps", "exec", "run", "stop", "start", "restart", "build", "pull"}
+    | {"config", "top", "stats"}
+)
+
+
+def _compose_file(name: str) -> dict[str, Any]:
+    path = REPO / name
+    assert path.is_file(), f"{name} does not exist"
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), name
+    assert isinstance(data.get("services"), dict), f"{name} has no services"
+    return data
+
+
+def check_docker_command(command: Command) -> None:
+    """What can be known without an engine: the files, services, profiles and the
+    ``foodpipe`` sub-command exist; options are ones Compose has."""
+    words = command.words
+    if words[0] == "docker-compose":
+        words = ["docker", "compose", *words[1:]]
+    assert words[1:2] == ["compose"], f"{command.where}: only `docker compose` is documented"
+    args = words[2:]
+    files: list[str] = []
+    profiles: list[str] = []
+    while args and args[0].startswith("-"):
+        option = args.pop(0)
+        if option in ("-f", "--file"):
+            files.append(args.pop(0))
+        elif option == "--profile":
+            profiles.append(args.pop(0))
+        else:
+            raise AssertionError(f"{command.where}: unexpected compose option {option}")
+    compose = [_compose_file(f) for f in files or ["docker-compose.yml"]]
+    services: dict[str, Any] = {}
+    for data in compose:
+        services.update(data["services"])
+    known_profiles = {p for s in services.values() for p in (s.get("profiles") or [])}
+    for profile in profiles:
+        assert profile in known_profiles, f"{command.where}: no service has profile {profile}"
+    assert args, f"{command.where}: no compose sub-command"
+    sub, rest = args[0], args[1:]
+    assert sub in COMPOSE_SUBCOMMANDS, f"{command.where}: unknown compose sub-command {sub}"
+    positional: list[str] = []
+    while rest:
+        word = rest.pop(0)
+        if word == "--scale":
+            name = rest.pop(0).split("=")[0]
+            assert name in services, f"{command.where}: --scale of unknown service {name}"
+        elif word.startswith("--scale="):
+            name = word.split("=")[1]
+            assert name in services, f"{command.where}: --scale of unknown service {name}"
+        elif word.startswith("-"):
+            if word in ("--tail", "-n", "--since", "-t", "--timeout", "-u", "--user"):
+                rest.pop(0)
+        else:
+            positional.append(word)
+            if sub in ("exec", "run"):
+                positional.extend(rest)
+                break
+    if sub in ("exec", "run"):
+        assert positional, f"{command.where}: no service named"
+        assert positional[0] in services, f"{command.where}: unknown service {positional[0]}"
+        if positional[1:2] == ["foodpipe"]:
+            inner = [w for w in positional[2:] if not w.startswith("-")]
+            assert inner, f"{command.where}: foodpipe without a sub-command"
+            assert inner[0] in COMMANDS, f"{command.where}: no foodpipe sub-command {inner[0]}"
+    else:
+        for name in positional:
+            assert name in services, f"{command.where}: no service '{name}' in {files}"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("page", sorted({c.page for c in _commands(Kind.DOCKER)}) or ["(none)"])
+def test_docker_commands(page: str) -> None:
+    commands = [c for c in _commands(Kind.DOCKER) if c.page == page]
+    for command in commands:
+        check_docker_command(command)
+    pytest.skip(
+        f"{len(commands)} docker command(s) of {page} checked statically against the "
+        "compose files; running them needs a Docker engine"
+    )
+
+
+def test_docs_commands_parse_as_shell() -> None:
+    """``bash -n``: every command is valid shell syntax."""
+    for scenario in SCENARIOS:
+        for command in scenario.commands:
+            result = subprocess.run(
+                ["bash", "-n"], input=command.text, capture_output=True, text=True, check=False
+            )
+            assert result.returncode == 0, f"{command.where}: {result.stderr}"
