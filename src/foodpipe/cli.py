@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("foodpipe.commands.produce", "publish mock food orders to Kafka at a steady rate"),
     "consume": ("foodpipe.commands.consume", "write orders from Kafka into PostgreSQL"),
     "status": ("foodpipe.commands.status", "show partitions, offsets, lag, owners, rows and DLQ size"),
+    "bench": ("foodpipe.commands.bench", "measure the pipeline against its ceilings, side by side"),
 }
 
 
