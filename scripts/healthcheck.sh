@@ -7,7 +7,8 @@
 # else --local if the native stack runs, else --native):
 #   --compose [FILE]   the Compose stack of FILE (default docker-compose.yml): a throwaway
 #                      container with the consumer's image and settings runs the checks on
-#                      the Compose network (COMPOSE_PROJECT_NAME selects another project)
+#                      the Compose network (COMPOSE_PROJECT_NAME selects another project;
+#                      --env-file PATH another .env than the one next to FILE)
 #   --local            the native stack of scripts/local_stack.sh, with the settings it prints
 #   --native           this shell's environment and .env, with the foodpipe on PATH or in .venv
 #
@@ -70,6 +71,7 @@ run_native() {
 
 mode=""
 file="docker-compose.yml"
+env_file=""
 args=()
 while (($#)); do
   case $1 in
@@ -77,6 +79,7 @@ while (($#)); do
       mode=compose
       if [[ ${2:-} == *.yml || ${2:-} == *.yaml ]]; then file=$2; shift; fi
       ;;
+    --env-file) env_file=${2:?--env-file needs a path}; shift ;;
     --local) mode=local ;;
     --native) mode=native ;;
     -h | --help) usage; exit 0 ;;
@@ -100,7 +103,11 @@ case $mode in
     [[ $file == /* ]] || file="$REPO/$file"
     [[ -f $file ]] || { say "no Compose file $file"; exit 2; }
     compose_cmd || { say "neither 'docker compose' nor 'docker-compose' is installed"; exit 3; }
-    if [[ ! -f $(dirname "$file")/.env && -z ${POSTGRES_PASSWORD:-} ]]; then
+    compose_args=(-f "$file")
+    if [[ -n $env_file ]]; then
+      [[ -f $env_file ]] || { say "no env file $env_file"; exit 2; }
+      compose_args+=(--env-file "$(cd "$(dirname "$env_file")" && pwd)/$(basename "$env_file")")
+    elif [[ ! -f $(dirname "$file")/.env && -z ${POSTGRES_PASSWORD:-} ]]; then
       say "no .env next to $(basename "$file"): cp .env.example .env and set the passwords (or run scripts/setup_local.sh)"
       exit 2
     fi
@@ -108,7 +115,7 @@ case $mode in
     # and settings) without touching the running ones; it works whether or not a consumer
     # is up, which is exactly when the answer matters.
     cd "$(dirname "$file")"
-    exec "${COMPOSE[@]}" -f "$file" run --rm --no-deps -T consumer health ${args[@]+"${args[@]}"}
+    exec "${COMPOSE[@]}" "${compose_args[@]}" run --rm --no-deps -T consumer health ${args[@]+"${args[@]}"}
     ;;
   local)
     # The native stack prints its settings as KEY=VALUE lines; the owner URL stays out.

@@ -364,3 +364,28 @@ def test_healthcheck_compose_without_env_says_how_to_fix_it(
     )
     assert result.returncode == 2
     assert "cp .env.example .env" in result.stderr
+
+
+def test_healthcheck_compose_can_use_another_env_file(
+    fakes: dict[str, str], tmp_path: Path
+) -> None:
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    shutil.copy2(REPO / "docker-compose.yml", project / "docker-compose.yml")
+    env_file = tmp_path / "test.env"
+    env_file.write_text("POSTGRES_PASSWORD=x\nPOSTGRES_ADMIN_PASSWORD=y\n")
+    result = run(
+        [
+            str(REPO / "scripts" / "healthcheck.sh"),
+            "--compose",
+            str(project / "docker-compose.yml"),
+            "--env-file",
+            str(env_file),
+        ],
+        fakes,
+    )
+    assert result.returncode == 0, result.stderr
+    assert calls(fakes)[-1] == (
+        f"docker compose -f {project / 'docker-compose.yml'} --env-file {env_file} run --rm "
+        "--no-deps -T consumer health"
+    )
