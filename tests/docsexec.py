@@ -7,12 +7,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import pty
 import queue
 import re
 import shlex
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 import uuid
@@ -244,7 +248,7 @@ def commands_of(body: str, page: str, first_line: int) -> list[Command]:
 
 def command_words(code: str) -> list[str]:
     """The words of a command's first line, without leading ``VAR=value`` assignments."""
-    first = code.splitlines()[0].rstrip("\\").strip()
+    first = code.replace("\\\n", " ").splitlines()[0].strip()
     try:
         words = shlex.split(first)
     except ValueError:
@@ -427,20 +431,20 @@ class ShellSession:
                 return Result(int(line.split()[1]), text)
             out.append(line)
 
-    def spawn(self, code: str, log: Path, timeout: float = 30) -> int:
-        """Start ``code`` as a background job writing to ``log``; return its pid."""
-        result = self.run(f'{code} > {shlex.quote(str(log))} 2>&1 &\necho "pid=$!"', timeout)
-        match = re.search(r"pid=(\d+)", result.output)
-        if result.rc != 0 or not match:
-            raise ShellError(f"could not start `{code}`: {result.output}")
-        return int(match.group(1))
-
     def last_background_pid(self, timeout: float = 30) -> int:
         result = self.run('echo "pid=$!"', timeout)
         match = re.search(r"pid=(\d+)", result.output)
         if not match:
             raise ShellError(f"no background job: {result.output}")
         return int(match.group(1))
+
+    def environment(self, timeout: float = 30) -> tuple[Path, dict[str, str]]:
+        """The shell's current directory and exported environment (after ``source``,
+        ``export``, ``cd``): what a command typed now would run with."""
+        result = self.run("pwd; env -0", timeout)
+        cwd, _, raw = result.output.partition("\n")
+        env = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+        return Path(cwd), env
 
     def signal_job(self, pid: int, sig: signal.Signals) -> None:
         """Signal the job's whole process group, as a terminal's Ctrl-C does."""
@@ -476,6 +480,99 @@ class ShellSession:
             self._proc.wait(timeout=10)
 
 
+_ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>78]"
+)
+
+
+def plain(text: str) -> str:
+    """Terminal output as text: escape sequences removed, every carriage return a newline."""
+    return _ANSI.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+
+
+class Terminal:
+    """One command in a pseudo-terminal, the way a reader runs it in a terminal window.
+
+    The command is the session leader of a new session whose controlling terminal is
+    the pty, so Ctrl-C is what a keyboard sends: the byte ``^C``, which the terminal
+    turns into SIGINT for the foreground process group. Programs see a terminal: rich
+    draws its live views and structlog writes its console format.
+    """
+
+    def __init__(
+        self, code: str, env: Mapping[str, str], cwd: Path, log: Path, size: tuple[int, int]
+    ) -> None:
+        master, slave = pty.openpty()
+        rows, columns = size
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        self._master = master
+        self._log = log
+        self._chunks: list[bytes] = []
+        self._lock = threading.Lock()
+        try:
+            # util-linux setsid: a new session, with stdin (the pty) as its terminal.
+            self.proc = subprocess.Popen(
+                ["setsid", "--ctty", "bash", "--noprofile", "--norc", "-c", code],
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=cwd,
+                env=dict(env),
+            )
+        finally:
+            os.close(slave)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with self._log.open("ab") as log:
+            while True:
+                try:
+                    chunk = os.read(self._master, 65536)
+                except OSError:  # EIO: the last process holding the pty exited
+                    return
+                if not chunk:
+                    return
+                log.write(chunk)
+                log.flush()
+                with self._lock:
+                    self._chunks.append(chunk)
+
+    def output(self) -> str:
+        with self._lock:
+            raw = b"".join(self._chunks)
+        return plain(raw.decode("utf-8", errors="replace"))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ctrl_c(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._master, b"\x03")
+
+    def wait(self, timeout: float) -> int:
+        """The exit status as a shell reports it (128 + N for death by signal N)."""
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        return 128 - rc if rc < 0 else rc
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.alive():
+            self.kill()
+            self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        with contextlib.suppress(OSError):
+            os.close(self._master)
+
+
 def shadow_checkout(target: Path, repo: Path = REPO) -> Path:
     """A working directory that looks like the repository root to the docs' commands.
 
@@ -506,6 +603,9 @@ def shadow_checkout(target: Path, repo: Path = REPO) -> Path:
 #: How long a command may run, and how long the docs' promised output may take.
 RUN_TIMEOUT_S = 180.0
 SHOW_TIMEOUT_S = 90.0
+#: Rows and columns of the pseudo-terminal of Ctrl-C commands. Wide, because the test's
+#: private topic and group names are longer than the documented ones.
+TERMINAL_SIZE = (50, 160)
 #: Exit statuses of a command stopped with Ctrl-C: a clean exit, or death by SIGINT.
 CTRL_C_OK = (0, 128 + signal.SIGINT)
 
@@ -575,37 +675,43 @@ class Runner:
         )
 
     def run_until_interrupted(self, command: Command) -> None:
-        """Start it, wait for the output the docs show, then press Ctrl-C."""
+        """Run it in a terminal; when the output the docs show has appeared, press Ctrl-C."""
         if command.expect is None:
             raise AssertionError(
                 f"{command.where}: `{command.code}` runs until Ctrl-C, so the docs must show "
                 "its output in a ```text block right after it (the test waits for it)"
             )
-        log = self.logs / f"job-{len(self.jobs)}-{command.line}.log"
-        pid = self.session.spawn(command.code, log)
-
-        def output() -> str:
-            return log.read_text(errors="replace") if log.exists() else ""
-
+        cwd, env = self.session.environment()
+        log = self.logs / f"terminal-{command.line}.log"
+        terminal = Terminal(command.code, env, cwd, log, TERMINAL_SIZE)
         try:
+
+            def shown() -> bool:
+                return self._shows(command, terminal.output()) is None
+
+            def describe() -> str:
+                output = normalise(terminal.output(), self.names)
+                missing = self._shows(command, terminal.output())
+                return f"{command.where}: `{command.code}` to show `{missing}`; output:\n{output}"
+
+            # Some views only print when they stop (rich's live view, when the output is
+            # not a terminal): waiting ends when the output is there or the command ends.
             wait_until(
-                lambda: self._shows(command, output()) is None or not self.session.alive(pid),
+                lambda: shown() or not terminal.alive(),
                 timeout=SHOW_TIMEOUT_S,
                 interval=0.2,
-                message=lambda: (
-                    f"{command.where}: `{command.code}` to show "
-                    f"`{self._shows(command, output())}`; output:\n"
-                    + normalise(output(), self.names)
-                ),
+                message=describe,
             )
+            terminal.ctrl_c()
+            rc = terminal.wait(30)
         finally:
-            self.session.signal_job(pid, signal.SIGINT)
-        rc = self.session.wait_job(pid, 30)
-        missing = self._shows(command, output())
+            terminal.close()
+        output = terminal.output()
+        missing = self._shows(command, output)
         if missing is not None or rc not in CTRL_C_OK:
             raise AssertionError(
-                f"{command.where}: `{command.code}` exited {rc} (Ctrl-C gives one of "
-                f"{CTRL_C_OK}); missing `{missing}`; output:\n" + normalise(output(), self.names)
+                f"{command.where}: `{command.code}` exited {rc} after Ctrl-C (expected one of "
+                f"{CTRL_C_OK}); missing `{missing}`; output:\n" + normalise(output, self.names)
             )
 
     def start_background(self, command: Command) -> None:
@@ -626,7 +732,8 @@ class Runner:
             if was_running:
                 self.session.signal_job(pid, signal.SIGTERM)
             rc = self.session.wait_job(pid, 60)
-            if not was_running and 0 < rc < 128:
+            # 127: not a child any more, because the docs' own `wait` collected it.
+            if not was_running and 0 < rc < 127:
                 crashed.append(f"{command.where}: `{command.code}` exited {rc} by itself")
         self.jobs.clear()
         if crashed and check:

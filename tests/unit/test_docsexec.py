@@ -1,0 +1,159 @@
+"""How the docs test reads Markdown: blocks, commands, scenarios, expected output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ..docsexec import (
+    Kind,
+    blocks,
+    classify,
+    commands_of,
+    first_mismatch,
+    normalise,
+    plain,
+    scenarios,
+    split_comment,
+)
+
+PAGE = """# Title
+
+```bash
+source .venv/bin/activate
+foodpipe consume > consumer.log 2>&1 &   # in the background
+foodpipe status
+```
+
+Some prose.
+
+```text
+group order-processors (stable, 1 member)
+```
+
+## Try it: one
+
+```bash
+tail -f consumer.log    # Ctrl-C to stop
+```
+
+```text
+..."event": "consuming"...
+```
+
+```bash
+docker compose logs -f consumer   # Ctrl-C to stop
+```
+
+### Try it: two
+
+- In a list:
+
+  ```bash
+  python - <<'EOF'
+  print("# not a comment")
+  EOF
+  scripts/local_stack.sh pg-stop
+  ```
+
+## Diagram
+
+```text
+a diagram, not output: a heading came first
+```
+"""
+
+
+def write(tmp_path: Path, text: str = PAGE) -> Path:
+    page = tmp_path / "page.md"
+    page.write_text(text)
+    return page
+
+
+def test_blocks_know_their_language_heading_and_line() -> None:
+    found = list(blocks(PAGE))
+    assert [b.lang for b in found] == ["bash", "text", "bash", "text", "bash", "bash", "text"]
+    assert found[0].line == 4
+    assert found[2].heading == "Try it: one"
+    assert found[1].follows_command
+    assert not found[-1].follows_command  # a heading sits between it and the bash block
+
+
+def test_indented_fences_lose_their_indentation() -> None:
+    block = next(b for b in blocks(PAGE) if "python" in b.body)
+    assert block.body.startswith("python - <<'EOF'\n")
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "comment"),
+    [
+        ("foodpipe status   # look", "foodpipe status", "look"),
+        ("echo 'a # b'  # c", "echo 'a # b'", "c"),
+        ('echo "x#y"', 'echo "x#y"', ""),
+        ("echo a\\#b # c", "echo a\\#b", "c"),
+    ],
+)
+def test_split_comment(line: str, code: str, comment: str) -> None:
+    assert split_comment(line) == (code, comment)
+
+
+@pytest.mark.parametrize(
+    ("code", "comment", "kind"),
+    [
+        ("foodpipe status", "", Kind.RUN),
+        ("foodpipe consume > c.log 2>&1 &", "", Kind.BACKGROUND),
+        ("a && b", "", Kind.RUN),
+        ("foodpipe status --watch", "refreshes; Ctrl-C to stop", Kind.LONG),
+        ("docker compose logs -f consumer", "Ctrl-C to stop", Kind.DOCKER),
+        ("docker-compose up", "", Kind.DOCKER),
+        ("scripts/test.sh", "", Kind.CI_ENTRY),
+        (".venv/bin/pytest tests/unit", "", Kind.PYTEST),
+        ("scripts/local_stack.sh stop", "", Kind.STACK_STOP),
+        ("LOG_LEVEL=DEBUG foodpipe produce --count 5", "", Kind.RUN),
+    ],
+)
+def test_classify(code: str, comment: str, kind: Kind) -> None:
+    assert classify(code, comment) is kind
+
+
+def test_heredocs_and_continuations_are_one_command() -> None:
+    body = "python - <<'EOF'\nprint(1)\n# kept\nEOF\nfoodpipe produce \\\n  --count 3\n# note\n"
+    commands = commands_of(body, "p.md", 10)
+    assert [c.text for c in commands] == [
+        "python - <<'EOF'\nprint(1)\n# kept\nEOF",
+        "foodpipe produce \\\n  --count 3",
+    ]
+    assert [c.line for c in commands] == [10, 14]
+    assert commands[1].words == ["foodpipe", "produce", "--count", "3"]
+
+
+def test_scenarios_split_at_try_it_headings(tmp_path: Path) -> None:
+    found = scenarios(write(tmp_path), tmp_path)
+    assert [s.title for s in found] == ["page", "Try it: one", "Try it: two"]
+    page, one, two = found
+    assert page.commands[-1].expect == "group order-processors (stable, 1 member)"
+    assert page.commands[-1].read_only
+    assert one.commands[0].kind is Kind.LONG
+    assert one.commands[0].expect == '..."event": "consuming"...'
+    assert one.commands[1].expect is None
+    assert two.is_fault
+    assert not one.is_fault
+    assert two.commands[-1].expect is None  # the diagram comes after a heading
+
+
+def test_expected_lines_appear_in_order_with_ellipses() -> None:
+    output = "topic a  ·  group b (stable, 2 members)  ·  03:16:14\nrows in orders  100   \nx\n"
+    assert first_mismatch("group b (stable, 2 members)  ·  ...\nrows in orders 100", output) is None
+    assert first_mismatch("...\nrows in orders ...", output) is None
+    assert first_mismatch("rows in orders 100\ntopic a", output) == "topic a"
+    assert first_mismatch("rows in orders 99", output) == "rows in orders 99"
+
+
+def test_private_names_map_back_longest_first() -> None:
+    names = {"orders-t1.dlq": "food-orders.dlq", "orders-t1": "food-orders"}
+    assert normalise("orders-t1 and orders-t1.dlq", names) == "food-orders and food-orders.dlq"
+
+
+def test_terminal_output_loses_escape_codes() -> None:
+    assert plain("\x1b[2K\x1b[1Aabc\x1b[0m\r\ndef\rghi") == "abc\ndef\nghi"
