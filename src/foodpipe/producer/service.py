@@ -53,7 +53,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from foodpipe.log import get_logger
 from foodpipe.models import kafka_headers
-from foodpipe.producer.generator import OrderGenerator
+from foodpipe.producer.generator import OrderGenerator, format_created_at
 from foodpipe.producer.ids import OrderIdAllocator, OrderIdError
 from foodpipe.producer.ratelimit import RateLimiter
 from foodpipe.producer.stats import ProducerStats
@@ -273,7 +273,7 @@ class OrderProducer:
                 customer_id=content.customer_id,
                 lines=len(content.lines),
                 total_amount=str(content.total),
-                created_at=created_at.isoformat(),
+                created_at=format_created_at(created_at),
             )
         if self._try_produce(key, value, attempt=0):
             self.stats.sent += 1
