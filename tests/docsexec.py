@@ -109,7 +109,9 @@ class Scenario:
 
     @property
     def uses_local_stack(self) -> bool:
-        return any(c.words[:1] == ["scripts/local_stack.sh"] for c in self.commands)
+        return any(
+            c.words[:1] == ["scripts/local_stack.sh"] or ".stack/" in c.code for c in self.commands
+        )
 
     @property
     def is_fault(self) -> bool:
