@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("foodpipe.commands.health", "check Kafka, the topics, PostgreSQL and consumer lag"),
     "produce": ("foodpipe.commands.produce", "publish mock food orders to Kafka at a steady rate"),
     "consume": ("foodpipe.commands.consume", "write orders from Kafka into PostgreSQL"),
-    "status": ("foodpipe.commands.status", "show partitions, offsets, lag, owners, rows and DLQ size"),
+    "status": ("foodpipe.commands.status", "partitions, offsets, lag, owners, rows, DLQ size"),
+    "audit": ("foodpipe.commands.audit", "compare Kafka with PostgreSQL; exit 1 on any loss"),
     "bench": ("foodpipe.commands.bench", "measure the pipeline against its ceilings, side by side"),
 }
 
