@@ -116,6 +116,25 @@ CONSUMER_SESSION: dict[str, str] = {
     "idle_in_transaction_session_timeout": "60s",
 }
 
+
+def consumer_session(max_poll_interval_ms: int) -> dict[str, str]:
+    """:data:`CONSUMER_SESSION`, with every wait bounded by a third of the poll interval.
+
+    While a statement runs the poll loop does not poll; if it ran longer than
+    ``max.poll.interval.ms`` the group would evict the member, and with a database that
+    stays slow every member would be evicted in turn (a rebalance storm). Keeping each
+    statement (and each lock wait) under a third of the interval leaves room for the
+    retry wait and the poll that follow it. With the default interval (300 s) these are
+    the plain :data:`CONSUMER_SESSION` values.
+    """
+    bound_ms = max_poll_interval_ms // 3
+    session = dict(CONSUMER_SESSION)
+    for name, default_ms in (("lock_timeout", 5_000), ("statement_timeout", 30_000)):
+        if bound_ms < default_ms:
+            session[name] = f"{bound_ms}ms"
+    return session
+
+
 #: The columns the consumer writes; ``processed_at`` is left to the database default.
 WRITE_COLUMNS: tuple[str, ...] = tuple(c.name for c in orders.columns if c.name != "processed_at")
 # Built from the table's own constants, never from input.

@@ -111,8 +111,13 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "queued.max.messages.kbytes": 8 * 1024,
         "fetch.max.bytes": 8 * 1024 * 1024,
         "max.partition.fetch.bytes": 2 * 1024 * 1024,
-        "session.timeout.ms": 45_000,
-        "max.poll.interval.ms": 300_000,
+        # A crashed member's partitions wait this long before moving to the others.
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        # Three heartbeats per session, so one lost heartbeat never evicts a member.
+        "heartbeat.interval.ms": min(3_000, settings.kafka_session_timeout_ms // 3),
+        # The loop polls at least every half second, even while it waits on the
+        # database (each database call is bounded to a third of this; see db.py).
+        "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
     }
     config.update(overrides)
     return config

@@ -102,6 +102,20 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(
         1000, ge=1, le=600_000, description="Consumer: max wait to fill a batch, in ms"
     )
+    kafka_session_timeout_ms: int = Field(
+        45_000,
+        ge=6_000,
+        le=300_000,
+        description="Consumer: how long the group waits for a member that stopped"
+        " heartbeating (crashed) before moving its partitions (session.timeout.ms)",
+    )
+    kafka_max_poll_interval_ms: int = Field(
+        300_000,
+        ge=10_000,
+        le=3_600_000,
+        description="Consumer: longest gap between polls before the group removes the"
+        " member (max.poll.interval.ms); the database timeouts stay well below it",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port for /healthz, /readyz, /metrics; 0 turns them off"
     )
@@ -157,6 +171,9 @@ class Settings(BaseSettings):
     def _refuse_placeholders(self) -> Settings:
         if self.kafka_dlq_topic == self.kafka_topic:
             raise ValueError("KAFKA_DLQ_TOPIC must differ from KAFKA_TOPIC")
+        # librdkafka refuses this combination when the consumer is created; say it at start.
+        if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms:
+            raise ValueError("KAFKA_MAX_POLL_INTERVAL_MS must be at least KAFKA_SESSION_TIMEOUT_MS")
         if self.foodpipe_env is Environment.PRODUCTION:
             password = self.sqlalchemy_url().password
             if not password or str(password) in PLACEHOLDER_PASSWORDS:

@@ -15,8 +15,9 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from foodpipe.consumer.dlq import DeadLetterQueue
+from foodpipe.consumer.faults import after_db_commit_hook
 from foodpipe.consumer.service import ConsumerService, LoopConfig
-from foodpipe.db import CONSUMER_SESSION, OrderWriter, make_engine, wait_for_database
+from foodpipe.db import OrderWriter, consumer_session, make_engine, wait_for_database
 from foodpipe.errors import FatalError
 from foodpipe.kafka import admin_config, consumer_config, producer_config, wait_for_broker
 from foodpipe.log import get_logger
@@ -77,7 +78,9 @@ class ConsumerApp:
         admin = AdminClient(admin_config(settings))
         wait_for_broker(admin, settings, self.wait_s)
         wait_for_topics(admin, [settings.kafka_topic, settings.kafka_dlq_topic], self.wait_s)
-        engine = make_engine(settings, session=CONSUMER_SESSION)
+        engine = make_engine(
+            settings, session=consumer_session(settings.kafka_max_poll_interval_ms)
+        )
         try:
             wait_for_database(engine, self.wait_s)
             producer = Producer(producer_config(settings, **{"client.id": "foodpipe-dlq"}))
@@ -92,6 +95,7 @@ class ConsumerApp:
                     batch_size=settings.batch_size,
                     batch_timeout_s=settings.batch_timeout_ms / 1000,
                 ),
+                after_db_commit=after_db_commit_hook(),
             )
             if self._stop_requested:
                 self._service.request_stop()

@@ -174,8 +174,11 @@ class ConsumerService:
         config: LoopConfig | None = None,
         stats: ConsumerStats | None = None,
         clock: Callable[[], float] = time.monotonic,
+        after_db_commit: Callable[[], None] | None = None,
     ) -> None:
         self._consumer = consumer
+        #: Test-only fault injection point (:mod:`foodpipe.consumer.faults`); None in service.
+        self._after_db_commit = after_db_commit
         self._writer = writer
         self._dlq = dlq
         self._topic = topic
@@ -276,6 +279,8 @@ class ConsumerService:
                 self._pending[key] = max(self._pending.get(key, 0), offset)
         finally:
             self._inflight = []
+        if self._after_db_commit is not None:
+            self._after_db_commit()  # rows and dead letters are committed, offsets are not
         self._commit_pending()
         self.stats.record_batch(self._clock() - started)
 
