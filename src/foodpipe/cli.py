@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "consume": ("foodpipe.commands.consume", "write orders from Kafka into PostgreSQL"),
     "status": ("foodpipe.commands.status", "partitions, offsets, lag, owners, rows, DLQ size"),
     "audit": ("foodpipe.commands.audit", "compare Kafka with PostgreSQL; exit 1 on any loss"),
+    "dlq": ("foodpipe.commands.dlq", "list dead-lettered messages, or replay them into PostgreSQL"),
     "bench": ("foodpipe.commands.bench", "measure the pipeline against its ceilings, side by side"),
 }
 
