@@ -11,8 +11,8 @@ stats objects (:class:`foodpipe.producer.stats.ProducerStats`,
 :class:`ProducerMetrics` and :class:`ConsumerMetrics` register a collector that reads
 those objects *at scrape time*. The hot path pays nothing for the counters, and the
 log line and ``/metrics`` can never disagree. What a stats object does not hold
-(histograms of batch size and latency, end-to-end latency, lag per partition) the
-service reports through the methods of these two classes.
+(histograms of batch size and latency, end-to-end latency, owned partitions) the
+service reports through the methods of these two classes; lag is read at scrape time.
 
 Exported names (all prefixed ``foodpipe_``):
 
@@ -49,7 +49,6 @@ Prometheus text format. It binds ``METRICS_HOST:METRICS_PORT``; port 0 turns it 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -179,21 +178,40 @@ class ProducerMetrics:
         ]
 
 
+#: Reads the lag of the given partitions for the service's group:
+#: ``{(topic, partition): log end - committed}``. Called at scrape time.
+LagReader = Callable[[list[tuple[str, int]]], Mapping[tuple[str, int], int]]
+
+
 class ConsumerMetrics:
     """The consumer's metrics.
 
-    Counters are read from its :class:`ConsumerCounts`; the service calls
+    Counters are read from its :class:`ConsumerCounts`. The service calls
     :meth:`observe_batch` after each committed batch, :meth:`observe_end_to_end` with
-    the ``created_at`` of the rows it inserted, :meth:`set_assignment` from its
-    rebalance callbacks and :meth:`set_lag` after each offset commit.
+    the ``created_at`` of the rows it inserted, and :meth:`set_assignment` from its
+    rebalance callbacks.
+
+    Lag is read at scrape time by ``lag_reader`` (the admin API: committed offset and
+    log end as the broker sees them), only for the partitions this member owns. So it
+    costs the poll loop nothing, and it keeps growing while the consumer is stuck (a
+    database outage, partitions paused): exactly when someone needs to see it. Summed
+    over the members of a group, it is the group's lag.
     """
 
-    def __init__(self, registry: CollectorRegistry, stats: ConsumerCounts) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        stats: ConsumerCounts,
+        lag_reader: LagReader | None = None,
+    ) -> None:
         self.registry = registry
         self._stats = stats
-        self._lock = threading.Lock()
+        self._lag_reader = lag_reader
+        self._owned: frozenset[tuple[str, int]] = frozenset()
+        self._log = get_logger("observability")
         _info(registry, "consumer")
         registry.register(_StatsCollector(self._families))
+        registry.register(_StatsCollector(self._lag_families))
         self.batch_size = Histogram(
             f"{PREFIX}_batch_size",
             "Messages per batch handled by the consumer (valid and dead-lettered)",
@@ -212,19 +230,16 @@ class ConsumerMetrics:
             buckets=END_TO_END_BUCKETS,
             registry=registry,
         )
-        self.lag = Gauge(
-            f"{PREFIX}_consumer_lag",
-            "Messages behind: the partition's log-end offset minus this member's committed"
-            " offset (only partitions this member owns)",
-            ["topic", "partition"],
-            registry=registry,
-        )
         self.assigned = Gauge(
             f"{PREFIX}_consumer_assigned_partitions",
             "Partitions currently assigned to this consumer",
             registry=registry,
         )
-        self._owned: set[tuple[str, int]] = set()
+
+    @property
+    def owned(self) -> frozenset[tuple[str, int]]:
+        """The partitions this member owns (safe to read from any thread)."""
+        return self._owned
 
     def _families(self) -> list[Metric]:
         stats = self._stats
@@ -265,6 +280,25 @@ class ConsumerMetrics:
             ),
         ]
 
+    def _lag_families(self) -> list[Metric]:
+        family = GaugeMetricFamily(
+            f"{PREFIX}_consumer_lag",
+            "Messages behind: log-end offset minus the group's committed offset, for each"
+            " partition this member owns",
+            labels=["topic", "partition"],
+        )
+        owned = sorted(self._owned)
+        if self._lag_reader is not None and owned:
+            try:
+                lags = self._lag_reader(owned)
+            except Exception as exc:  # a scrape must answer even when the broker does not
+                self._log.warning("consumer lag unavailable", error=str(exc))
+                lags = {}
+            for (topic, partition), lag in sorted(lags.items()):
+                if (topic, partition) in self._owned:
+                    family.add_metric([topic, str(partition)], max(lag, 0))
+        return [family]
+
     def observe_batch(self, size: int, latency_s: float) -> None:
         self.batch_size.observe(size)
         self.batch_latency.observe(latency_s)
@@ -279,46 +313,10 @@ class ConsumerMetrics:
             self.end_to_end.observe(max((at - created).total_seconds(), 0.0))
 
     def set_assignment(self, topic_partitions: Iterable[tuple[str, int]]) -> None:
-        """The partitions this member owns now; lag series of the others are removed."""
-        owned = set(topic_partitions)
-        with self._lock:
-            for topic, partition in self._owned - owned:
-                # KeyError: the partition never had a lag value.
-                with contextlib.suppress(KeyError):
-                    self.lag.remove(topic, str(partition))
-            self._owned = owned
+        """The partitions this member owns now (from the rebalance callbacks)."""
+        owned = frozenset(topic_partitions)
+        self._owned = owned  # one reference swap: readers on other threads see old or new
         self.assigned.set(len(owned))
-
-    def set_lag(self, topic: str, partition: int, lag: int) -> None:
-        with self._lock:
-            if (topic, partition) in self._owned:
-                self.lag.labels(topic=topic, partition=str(partition)).set(max(lag, 0))
-
-
-class _WatermarkSource(Protocol):
-    def get_watermark_offsets(
-        self, partition: Any, timeout: float | None = ..., cached: bool = ...
-    ) -> tuple[int, int] | None: ...
-
-
-def lag_from_watermarks(
-    consumer: _WatermarkSource, committed: Iterable[Any]
-) -> dict[tuple[str, int], int]:
-    """Lag of each committed ``TopicPartition``: cached high watermark minus its offset.
-
-    ``cached=True`` reads the high watermark that came back with the last fetch
-    response, so this makes no request to the broker and costs microseconds. Partitions
-    whose watermark is not known yet are left out.
-    """
-    lags: dict[tuple[str, int], int] = {}
-    for tp in committed:
-        if tp.offset < 0:
-            continue
-        marks = consumer.get_watermark_offsets(tp, cached=True)
-        if not marks or marks[1] < 0:
-            continue
-        lags[(tp.topic, tp.partition)] = max(marks[1] - tp.offset, 0)
-    return lags
 
 
 # ----------------------------------------------------------------------------- HTTP

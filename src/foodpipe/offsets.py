@@ -168,6 +168,27 @@ class KafkaView:
             for tp in result.topic_partitions
         }
 
+    def lag(
+        self, group: str, topic_partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """``{(topic, partition): log end - committed}`` of ``group`` (for a scrape).
+
+        A partition without a committed offset counts from its log start, as the
+        consumer (``auto.offset.reset=earliest``) will.
+        """
+        result: dict[tuple[str, int], int] = {}
+        by_topic: dict[str, list[int]] = {}
+        for topic, partition in topic_partitions:
+            by_topic.setdefault(topic, []).append(partition)
+        for topic, partitions in by_topic.items():
+            committed = self.committed(group, topic, partitions)
+            marks = self.watermarks(topic, partitions)
+            for p in partitions:
+                low, high = marks[p]
+                position = committed.get(p)
+                result[(topic, p)] = max(high - (low if position is None else position), 0)
+        return result
+
     def group(self, group: str) -> GroupState:
         """The group's state and members with their assignments.
 
