@@ -341,6 +341,67 @@ class Readiness:
         return self._ready
 
 
+class ProducerReadiness:
+    """Ready once the broker answered at start; not ready while every broker is down.
+
+    librdkafka reports "all brokers down" through the producer's ``error_cb``; the
+    producer is ready again as soon as the broker confirms another delivery.
+    """
+
+    def __init__(self, stats: ProducerCounts) -> None:
+        self._stats = stats
+        self._connected = False
+        self._down_at: int | None = None
+        self._down_reason = ""
+
+    def connected(self) -> None:
+        self._connected = True
+
+    def brokers_down(self, detail: str) -> None:
+        self._down_reason = detail
+        self._down_at = self._stats.delivered
+
+    @property
+    def reason(self) -> str:
+        if not self._connected:
+            return "waiting for the Kafka broker"
+        if self._down_at is not None:
+            return f"no broker answers: {self._down_reason}"
+        return "connected to Kafka"
+
+    def __call__(self) -> bool:
+        if self._down_at is not None and self._stats.delivered > self._down_at:
+            self._down_at = None  # a delivery was confirmed since: the broker is back
+        return self._connected and self._down_at is None
+
+
+class ConsumerReadiness:
+    """Ready when Kafka and PostgreSQL answered at start and partitions are assigned.
+
+    A member without partitions (more consumers than partitions, or in the middle of
+    a rebalance) is alive but not ready: it is processing nothing.
+    """
+
+    def __init__(self, metrics: ConsumerMetrics) -> None:
+        self._metrics = metrics
+        self._connected = False
+
+    def connected(self) -> None:
+        self._connected = True
+
+    @property
+    def reason(self) -> str:
+        if not self._connected:
+            return "waiting for Kafka and PostgreSQL"
+        owned = len(self._metrics.owned)
+        if not owned:
+            return "connected; no partition assigned to this member"
+        return f"connected; owns {owned} partition{'s' if owned != 1 else ''}"
+
+    def __call__(self) -> bool:
+        return self._connected and bool(self._metrics.owned)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 

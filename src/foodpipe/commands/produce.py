@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
 
 from foodpipe.errors import FatalError
 from foodpipe.kafka import (
@@ -25,11 +26,13 @@ from foodpipe.kafka import (
     wait_for_broker,
 )
 from foodpipe.log import get_logger
+from foodpipe.observability import ProducerMetrics, ProducerReadiness, serve
 from foodpipe.producer.generator import MENU, OrderGenerator
 from foodpipe.producer.ids import OrderIdAllocator
 from foodpipe.producer.ratelimit import RateLimiter
 from foodpipe.producer.report import LogReporter, ProgressReporter
 from foodpipe.producer.service import OrderProducer, Reporter, stop_on_signals
+from foodpipe.producer.stats import ProducerStats
 from foodpipe.settings import Settings
 
 
@@ -118,9 +121,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    # /healthz answers from the start, /readyz once the broker has answered
+    # (METRICS_PORT=0, the default, turns the endpoints off).
+    stats = ProducerStats()
+    registry = CollectorRegistry()
+    ProducerMetrics(registry, stats)
+    readiness = ProducerReadiness(stats)
+    with serve(settings, registry, readiness):
+        return _run(args, settings, stats, readiness)
+
+
+def _run(
+    args: argparse.Namespace,
+    settings: Settings,
+    stats: ProducerStats,
+    readiness: ProducerReadiness,
+) -> int:
     admin = AdminClient(admin_config(settings))
     wait_for_broker(admin, settings, args.wait)
     _ensure_topic(admin, settings)
+    readiness.connected()
 
     ids = OrderIdAllocator(settings.producer_state_dir)
     generator = OrderGenerator(args.seed, max_items=args.max_items, max_quantity=args.max_quantity)
@@ -137,6 +157,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     service: OrderProducer | None = None
 
     def on_error(err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            readiness.brokers_down(err.str())
         if service is not None:
             service.on_client_error(err)
 
@@ -150,6 +172,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         count=args.count,
         reporters=reporters,
         flush_timeout_s=args.flush_timeout,
+        stats=stats,
     )
     with stop_on_signals(service):
         result = service.run()
