@@ -136,15 +136,21 @@ def admin_engine(stack: Stack) -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def app_password() -> str:
-    return uuid.uuid4().hex
+    # Fixed, not random: several pytest sessions may share one server (a developer's
+    # stack), and a per-session password would lock the other sessions' role out.
+    # The role exists only on test servers and can only read and insert test orders.
+    return "foodpipe-test-app"
 
 
 @pytest.fixture(scope="session")
-def template_db(admin_engine: Engine, stack: Stack, app_password: str) -> str:
-    """A database with the schema and the least-privilege role's grants, to copy."""
+def template_db(admin_engine: Engine, stack: Stack, app_password: str) -> Iterator[str]:
+    """A database with the schema and the least-privilege role's grants, to copy.
+
+    Its name is per session, so concurrent sessions never drop each other's template.
+    """
+    template = f"{TEMPLATE_DB}_{uuid.uuid4().hex[:8]}"
     with admin_engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{TEMPLATE_DB}"'))
+        conn.execute(text(f'CREATE DATABASE "{template}"'))
         exists = conn.execute(
             text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": APP_ROLE}
         ).scalar()
@@ -155,13 +161,15 @@ def template_db(admin_engine: Engine, stack: Stack, app_password: str) -> str:
             {"pw": app_password},
         ).scalar_one()
         conn.execute(text(statement))
-    template_url = make_url(stack.admin_url).set(database=TEMPLATE_DB)
+    template_url = make_url(stack.admin_url).set(database=template)
     engine = create_engine(template_url)
     with engine.begin() as conn:
         conn.exec_driver_sql(init_sql())
         conn.execute(text(f"GRANT SELECT, INSERT ON orders TO {APP_ROLE}"))
     engine.dispose()
-    return TEMPLATE_DB
+    yield template
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
 
 
 @dataclass

@@ -94,6 +94,7 @@ def make_engine(
     connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": "foodpipe"}
     if session:
         connect_args["options"] = " ".join(f"-c {name}={value}" for name, value in session.items())
+    settings.check_database_password()
     return create_engine(
         url if url is not None else settings.sqlalchemy_url(),
         pool_size=settings.db_pool_size,

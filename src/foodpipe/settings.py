@@ -174,14 +174,22 @@ class Settings(BaseSettings):
         # librdkafka refuses this combination when the consumer is created; say it at start.
         if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms:
             raise ValueError("KAFKA_MAX_POLL_INTERVAL_MS must be at least KAFKA_SESSION_TIMEOUT_MS")
+        return self
+
+    def check_database_password(self) -> None:
+        """Refuse a placeholder database password outside development.
+
+        Checked where a database connection is made (``db.make_engine``), not when the
+        settings load: the producer and the topic initialiser never connect to the
+        database, so they need no database password at all.
+        """
         if self.foodpipe_env is Environment.PRODUCTION:
             password = self.sqlalchemy_url().password
             if not password or str(password) in PLACEHOLDER_PASSWORDS:
-                raise ValueError(
-                    "the database password is a placeholder; set a real one in .env "
-                    "(FOODPIPE_ENV=production refuses placeholders)"
+                raise ConfigError(
+                    "invalid configuration: the database password is a placeholder; set a "
+                    "real one in .env (FOODPIPE_ENV=production refuses placeholders)"
                 )
-        return self
 
     def sqlalchemy_url(self) -> URL:
         """The database URL, always with the psycopg2 driver."""

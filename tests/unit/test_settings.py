@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from foodpipe.cli import main
+from foodpipe.db import make_engine
 from foodpipe.settings import ConfigError, Settings, load_settings
 
 
@@ -73,13 +74,20 @@ def test_dlq_must_differ_from_topic() -> None:
         settings(kafka_topic="x", kafka_dlq_topic="x")
 
 
-def test_production_refuses_placeholder_passwords() -> None:
+def test_production_refuses_placeholder_passwords_where_the_db_is_used() -> None:
+    # Loading is fine: the producer never connects to the database.
+    producer_side = settings(foodpipe_env="production")
     with pytest.raises(ConfigError, match="placeholder"):
-        settings(foodpipe_env="production")
+        make_engine(producer_side)
     with pytest.raises(ConfigError, match="placeholder"):
-        settings(foodpipe_env="production", database_url="postgresql://u:change-me@h/db")
+        make_engine(
+            settings(foodpipe_env="production", database_url="postgresql://u:change-me@h/db")
+        )
     ok = settings(foodpipe_env="production", database_url="postgresql://u:s3cr3t-Xy@h/db")
-    assert ok.sqlalchemy_url().password == "s3cr3t-Xy"
+    ok.check_database_password()
+    assert make_engine(ok).url.password == "s3cr3t-Xy"
+    # Development accepts the placeholder, so the example .env works out of the box.
+    settings().check_database_password()
 
 
 def test_url_from_parts_and_driver_normalised() -> None:
