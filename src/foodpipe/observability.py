@@ -100,11 +100,13 @@ class ConsumerCounts(Protocol):
     written: int
     duplicates: int
     conflicts: int
-    dead_lettered_by_class: Mapping[str, int]
     batches: int
     db_retries: int
     commit_failures: int
     rebalances: int
+
+    @property
+    def dead_lettered_by_class(self) -> Mapping[str, int]: ...
 
 
 class _StatsCollector(Collector):

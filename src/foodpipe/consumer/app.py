@@ -13,14 +13,18 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
 
 from foodpipe.consumer.dlq import DeadLetterQueue
 from foodpipe.consumer.faults import after_db_commit_hook
 from foodpipe.consumer.service import ConsumerService, LoopConfig
+from foodpipe.consumer.stats import ConsumerStats
 from foodpipe.db import OrderWriter, consumer_session, make_engine, wait_for_database
 from foodpipe.errors import FatalError
 from foodpipe.kafka import admin_config, consumer_config, producer_config, wait_for_broker
 from foodpipe.log import get_logger
+from foodpipe.observability import ConsumerMetrics, ConsumerReadiness, serve
+from foodpipe.offsets import KafkaView
 from foodpipe.settings import Settings
 
 
@@ -53,6 +57,12 @@ class ConsumerApp:
         self._service: ConsumerService | None = None
         self._stop_requested = False
         self._log = get_logger("consumer", topic=settings.kafka_topic)
+        # Metrics and readiness, served on METRICS_PORT (0, the default, turns them off).
+        self.stats = ConsumerStats()
+        self.registry = CollectorRegistry()
+        self.metrics = ConsumerMetrics(self.registry, self.stats, lag_reader=self._read_lag)
+        self.readiness = ConsumerReadiness(self.metrics)
+        self._view: KafkaView | None = None
 
     def request_stop(self) -> None:
         """Stop after the current batch (callable before the loop has started, too)."""
@@ -64,7 +74,18 @@ class ConsumerApp:
     def service(self) -> ConsumerService | None:
         return self._service
 
+    def _read_lag(self, owned: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Lag of the owned partitions, from the broker, at scrape time (HTTP thread)."""
+        if self._view is None:
+            return {}
+        return self._view.lag(self.settings.kafka_consumer_group, owned)
+
     def run(self, on_ready: Callable[[ConsumerService], None] | None = None) -> int:
+        # /healthz answers from the start; /readyz once connected with partitions.
+        with serve(self.settings, self.registry, self.readiness):
+            return self._run(on_ready)
+
+    def _run(self, on_ready: Callable[[ConsumerService], None] | None) -> int:
         settings = self.settings
         self._log.info(
             "starting consumer",
@@ -77,12 +98,14 @@ class ConsumerApp:
         )
         admin = AdminClient(admin_config(settings))
         wait_for_broker(admin, settings, self.wait_s)
+        self._view = KafkaView(admin, timeout_s=2.0)
         wait_for_topics(admin, [settings.kafka_topic, settings.kafka_dlq_topic], self.wait_s)
         engine = make_engine(
             settings, session=consumer_session(settings.kafka_max_poll_interval_ms)
         )
         try:
             wait_for_database(engine, self.wait_s)
+            self.readiness.connected()
             producer = Producer(producer_config(settings, **{"client.id": "foodpipe-dlq"}))
             consumer = Consumer(consumer_config(settings, **{"client.id": "foodpipe-consumer"}))
             dlq = DeadLetterQueue(producer, settings.kafka_dlq_topic, settings.kafka_consumer_group)
@@ -95,7 +118,9 @@ class ConsumerApp:
                     batch_size=settings.batch_size,
                     batch_timeout_s=settings.batch_timeout_ms / 1000,
                 ),
+                stats=self.stats,
                 after_db_commit=after_db_commit_hook(),
+                observer=self.metrics,
             )
             if self._stop_requested:
                 self._service.request_stop()

@@ -64,8 +64,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -123,6 +124,25 @@ class DeadLetterLike(Protocol):
     def flush(self) -> int: ...
 
 
+class Observer(Protocol):
+    """What the loop reports besides its counters (``observability.ConsumerMetrics``)."""
+
+    def observe_batch(self, size: int, latency_s: float) -> None: ...
+    def observe_end_to_end(self, created_at: Iterable[datetime]) -> None: ...
+    def set_assignment(self, topic_partitions: Iterable[PartitionKey]) -> None: ...
+
+
+class _NoObserver:
+    def observe_batch(self, size: int, latency_s: float) -> None:
+        pass
+
+    def observe_end_to_end(self, created_at: Iterable[datetime]) -> None:
+        pass
+
+    def set_assignment(self, topic_partitions: Iterable[PartitionKey]) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     batch_size: int = 500
@@ -175,8 +195,10 @@ class ConsumerService:
         stats: ConsumerStats | None = None,
         clock: Callable[[], float] = time.monotonic,
         after_db_commit: Callable[[], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._consumer = consumer
+        self._observer: Observer = observer if observer is not None else _NoObserver()
         #: Test-only fault injection point (:mod:`foodpipe.consumer.faults`); None in service.
         self._after_db_commit = after_db_commit
         self._writer = writer
@@ -282,7 +304,9 @@ class ConsumerService:
         if self._after_db_commit is not None:
             self._after_db_commit()  # rows and dead letters are committed, offsets are not
         self._commit_pending()
-        self.stats.record_batch(self._clock() - started)
+        latency = self._clock() - started
+        self.stats.record_batch(latency)
+        self._observer.observe_batch(len(entries), latency)
 
     def _decode(self, messages: list[KafkaMessage]) -> list[Entry]:
         entries = []
@@ -345,6 +369,9 @@ class ConsumerService:
     def _settle(self, valid: list[Entry], result: WriteResult) -> None:
         """Fold the write result into the entries and the counters."""
         self.stats.written += len(result.inserted)
+        # The transaction has committed: these orders are processed end to end.
+        inserted = [valid[i].order for i in result.inserted]
+        self._observer.observe_end_to_end(o.created_at for o in inserted if o is not None)
         self.stats.duplicates += len(result.duplicates)
         self.stats.conflicts += len(result.conflicts)
         for index, reason in result.rejected.items():
@@ -473,6 +500,7 @@ class ConsumerService:
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         added = {_tp_key(tp) for tp in partitions}
         self._assigned |= added
+        self._observer.set_assignment(self._assigned)
         self.stats.rebalances += 1
         self._log.info(
             "partitions assigned: this member now owns "
@@ -490,6 +518,7 @@ class ConsumerService:
         for key in revoked:
             self._pending.pop(key, None)
         self._assigned -= revoked
+        self._observer.set_assignment(self._assigned)
         self._log.info(
             "partitions revoked: this member now owns "
             f"{', '.join(_describe(self._assigned)) or 'nothing'}",
@@ -505,6 +534,7 @@ class ConsumerService:
         for key in lost:
             self._pending.pop(key, None)  # another member owns them: committing would be wrong
         self._assigned -= lost
+        self._observer.set_assignment(self._assigned)
         self._log.warning(
             "partitions lost (this member was considered dead); nothing committed for them",
             lost=_describe(lost),
