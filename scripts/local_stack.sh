@@ -400,7 +400,12 @@ main() {
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) print_env ;;
-    kafka-kill) signal_node KILL "${1:?node number}" ;;
+    kafka-kill)
+      # Wait until it is gone: a JVM takes a moment to die, and a kafka-start right
+      # after would otherwise find the old pid alive and start nothing.
+      signal_node KILL "${1:?node number}"
+      wait_gone "$(cat "$(node_dir "$1")/pid")" 30
+      ;;
     kafka-stop) signal_node STOP "${1:?node number}" ;;
     kafka-cont) signal_node CONT "${1:?node number}" ;;
     kafka-term) stop_kafka_node "${1:?node number}" ;;
