@@ -160,6 +160,7 @@ class AuditReport:
             "extra": len(self.extra),
             "duplicate_rows": len(self.duplicate_rows),
             "recovered_by_replay": self.recovered,
+            "late_rows": self.late_rows,
             "refused_by_database": len(self.refused),
             "dlq_messages": self.dlq_messages,
             "dlq_records": self.dlq_records,
@@ -220,7 +221,8 @@ def build_checks(r: AuditReport) -> list[Check]:
             True,
             f"{r.messages} messages: {r.valid_messages} valid ({r.distinct_orders} distinct"
             f" orders), {r.invalid_messages} invalid",
-            f"{r.rows} rows ({r.distinct_rows} distinct order_id)",
+            f"{r.rows} rows ({r.distinct_rows} distinct order_id)"
+            + (f", {r.late_rows} of orders produced during the audit" if r.late_rows else ""),
             "what was compared",
             informational=True,
         ),
