@@ -193,12 +193,34 @@ def dedupe(order_ids: Sequence[str]) -> tuple[list[int], list[int]]:
     return firsts, repeats
 
 
+_PARAM_ORDER = ("order_id", "customer_id", "items", "total_amount", "status", "created_at")
+if WRITE_COLUMNS != _PARAM_ORDER:  # pragma: no cover - a guard against schema drift
+    raise RuntimeError(f"order_params() must be updated for the columns {WRITE_COLUMNS}")
+
+
 def order_params(order: Order) -> tuple[Any, ...]:
-    """One row of ``_INSERT_TEMPLATE``, in ``WRITE_COLUMNS`` order."""
-    row = order.to_row()
-    # ensure_ascii keeps the statement ASCII-only; PostgreSQL decodes the \\u escapes.
-    row["items"] = json.dumps(row["items"], separators=(",", ":"))
-    return tuple(row[name] for name in WRITE_COLUMNS)
+    """One row of ``_INSERT_TEMPLATE``, in ``WRITE_COLUMNS`` order.
+
+    The hot path of the write, so built directly instead of through ``Order.to_row()``
+    (whose per-item ``model_dump`` cost about three times as much); a unit test checks
+    that both give the same row. ``json.dumps`` keeps ``ensure_ascii``, so the statement
+    is ASCII-only whatever the text; PostgreSQL decodes the escapes into JSONB.
+    """
+    items = json.dumps(
+        [
+            {"name": item.name, "quantity": item.quantity, "unit_price": str(item.unit_price)}
+            for item in order.items
+        ],
+        separators=(",", ":"),
+    )
+    return (
+        order.order_id,
+        order.customer_id,
+        items,
+        order.total_amount,
+        order.status.value,
+        order.created_at,
+    )
 
 
 def differing_fields(order: Order, stored: Mapping[str, Any]) -> tuple[str, ...]:

@@ -7,6 +7,8 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
+
 from foodpipe.consumer.backoff import Backoff
 from foodpipe.consumer.stats import ConsumerStats, percentile
 from foodpipe.db import (
@@ -17,7 +19,8 @@ from foodpipe.db import (
     differing_fields,
     order_params,
 )
-from tests.poison import HOSTILE_VALID, valid_order
+from foodpipe.models import Order
+from tests.poison import HOSTILE_VALID, order_dict, valid_order
 
 
 def test_dedupe_keeps_the_first_occurrence_in_order() -> None:
@@ -50,6 +53,29 @@ def test_row_parameters_follow_the_columns() -> None:
         {"name": "Margherita Pizza", "quantity": 2, "unit_price": "12.50"},
         {"name": "Cola", "quantity": 1, "unit_price": "2.00"},
     ]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        valid_order(1),
+        valid_order(2, items=(("Soup", 3, "4.5"), ("Bread", 1, "2"), ("Tea", 2, "0.01"))),
+        Order.model_validate(
+            {
+                **order_dict(3, items=(("Cake", 1, "10.00"),)),
+                "total_amount": 10,
+                "status": "delivered",
+            }
+        ),
+        *HOSTILE_VALID,
+    ],
+    ids=lambda o: o.order_id,
+)
+def test_row_parameters_equal_the_contracts_to_row(order: Order) -> None:
+    row = order.to_row()
+    params = dict(zip(WRITE_COLUMNS, order_params(order), strict=True))
+    assert json.loads(params.pop("items")) == row.pop("items")
+    assert params == {name: row[name] for name in WRITE_COLUMNS if name != "items"}
 
 
 def test_items_json_is_ascii_so_any_text_survives_the_statement() -> None:
