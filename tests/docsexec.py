@@ -20,7 +20,7 @@ import termios
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -71,6 +71,29 @@ class Kind(Enum):
     STACK_STOP = "stack-stop"  # would stop the session's services; the stack fixture runs it
 
 
+RUNNABLE = frozenset({Kind.RUN, Kind.LONG, Kind.BACKGROUND})
+
+#: Commands that run until they are interrupted, even when their comment forgets to say
+#: "Ctrl-C": run in the foreground, the test would otherwise wait for them forever.
+RUNS_UNTIL_STOPPED = (
+    ("foodpipe", "consume"),
+    ("foodpipe", "status", "--watch"),
+    ("tail", "-f"),
+    ("tail", "-F"),
+    ("scripts/run_local.sh",),
+)
+
+
+def runs_until_stopped(words: list[str]) -> bool:
+    if words[:2] == ["foodpipe", "produce"]:
+        return "--count" not in words
+    if words[:1] == ["scripts/run_local.sh"]:
+        return not ({"--count", "-d", "--detach", "stop", "-h", "--help"} & set(words))
+    if words[:2] == ["foodpipe", "status"]:
+        return "--watch" in words
+    return any(tuple(words[: len(prefix)]) == prefix for prefix in RUNS_UNTIL_STOPPED)
+
+
 @dataclass
 class Command:
     text: str  # what is sent to bash (comments included; bash ignores them)
@@ -114,6 +137,12 @@ class Scenario:
         )
 
     @property
+    def needs_default_ports(self) -> bool:
+        """It names the local stack's default addresses (in a command or its output)."""
+        texts = [c.code + "\n" + (c.expect or "") for c in self.commands]
+        return any(re.search(r":1(9092|9093|5432)\b", text) for text in texts)
+
+    @property
     def is_fault(self) -> bool:
         return any(
             c.words[:1] == ["scripts/local_stack.sh"]
@@ -123,7 +152,7 @@ class Scenario:
         )
 
     def runnable(self) -> list[Command]:
-        return [c for c in self.commands if c.kind in (Kind.RUN, Kind.LONG, Kind.BACKGROUND)]
+        return [c for c in self.commands if c.kind in RUNNABLE]
 
 
 @dataclass
@@ -271,11 +300,11 @@ def classify(code: str, comment: str) -> Kind:
         return Kind.PYTEST
     if words[:2] == ["scripts/local_stack.sh", "stop"]:
         return Kind.STACK_STOP
-    if "ctrl-c" in comment.lower():
-        return Kind.LONG
     stripped = code.rstrip()
     if stripped.endswith("&") and not stripped.endswith("&&"):
         return Kind.BACKGROUND
+    if "ctrl-c" in comment.lower() or ("\n" not in code and runs_until_stopped(words)):
+        return Kind.LONG
     return Kind.RUN
 
 
@@ -298,7 +327,10 @@ def scenarios(page: Path, root: Path = REPO) -> list[Scenario]:
         if block.lang in COMMAND_LANGS:
             commands = commands_of(block.body, rel, block.line)
             current.commands.extend(commands)
-            pending = commands[-1] if commands else None
+            # Output belongs to the last command that runs here: a docker or CI command
+            # after it (the README's set-up block) cannot show checked output anyway.
+            runnable = [c for c in commands if c.kind in RUNNABLE]
+            pending = (runnable or commands or [None])[-1]
         elif block.lang == OUTPUT_LANG and block.follows_command and pending is not None:
             pending.expect = block.body
             pending = None
@@ -575,19 +607,23 @@ class Terminal:
             os.close(self._master)
 
 
-def shadow_checkout(target: Path, repo: Path = REPO) -> Path:
+def shadow_checkout(target: Path, repo: Path = REPO, stack_dir: Path | None = None) -> Path:
     """A working directory that looks like the repository root to the docs' commands.
 
     Files and folders are symlinks, so nothing is copied, except that each executable
     in ``scripts/`` is a tiny wrapper that execs the real one: the scripts find the
     repository from their own path, and must find the real one (its ``.stack``).
-    Whatever the commands write (``.env``, log files) stays in ``target``.
+    Whatever the commands write (``.env``, log files) stays in ``target``. ``.stack``
+    points at ``stack_dir`` when the stack lives elsewhere (``STACK_DIR``).
     """
     target.mkdir(parents=True, exist_ok=True)
     for entry in repo.iterdir():
-        if entry.name in (".env", ".git", "scripts") or entry.name.startswith(".coverage"):
+        if entry.name in (".env", ".git", "scripts", ".stack") or entry.name.startswith(
+            ".coverage"
+        ):
             continue
         (target / entry.name).symlink_to(entry)
+    (target / ".stack").symlink_to(stack_dir or repo / ".stack")
     scripts = target / "scripts"
     scripts.mkdir()
     for script in (repo / "scripts").iterdir():
@@ -636,6 +672,15 @@ class Runner:
             raise
         self.stop_background(check=True)
 
+    def record(self, command: Command, rc: int, output: str) -> None:
+        """With FOODPIPE_DOCS_TRANSCRIPT=FILE, append what ran and what it printed: the
+        way to see real output when writing a ```text block."""
+        path = os.environ.get("FOODPIPE_DOCS_TRANSCRIPT")
+        if path:
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(f"$ {command.text}    # {command.where}, exit {rc}\n")
+                out.write(normalise(output, self.names).rstrip("\n") + "\n\n")
+
     def _shows(self, command: Command, output: str) -> str | None:
         assert command.expect is not None
         return first_mismatch(command.expect, normalise(output, self.names))
@@ -645,6 +690,7 @@ class Runner:
             self._poll_until_shown(command)
             return
         result = self.session.run(command.text, RUN_TIMEOUT_S)
+        self.record(command, result.rc, result.output)
         shown = normalise(result.output, self.names)
         if result.rc != 0:
             raise AssertionError(
@@ -665,14 +711,22 @@ class Runner:
             last = self.session.run(command.text, RUN_TIMEOUT_S)
             return last.rc == 0 and self._shows(command, last.output) is None
 
+        try:
+            self._wait_shown(command, shown, lambda: last)
+        finally:
+            self.record(command, last.rc, last.output)
+
+    def _wait_shown(
+        self, command: Command, shown: Callable[[], bool], last: Callable[[], Result]
+    ) -> None:
         wait_until(
             shown,
             timeout=SHOW_TIMEOUT_S,
             interval=1.0,
             message=lambda: (
-                f"{command.where}: `{command.code}` to show `{self._shows(command, last.output)}`"
-                f" (last exit status {last.rc}); last output:\n"
-                + normalise(last.output, self.names)
+                f"{command.where}: `{command.code}` to show `{self._shows(command, last().output)}`"
+                f" (last exit status {last().rc}); last output:\n"
+                + normalise(last().output, self.names)
             ),
         )
 
@@ -708,6 +762,7 @@ class Runner:
             rc = terminal.wait(30)
         finally:
             terminal.close()
+            self.record(command, terminal.proc.returncode or 0, terminal.output())
         output = terminal.output()
         missing = self._shows(command, output)
         if missing is not None or rc not in CTRL_C_OK:
@@ -718,6 +773,7 @@ class Runner:
 
     def start_background(self, command: Command) -> None:
         result = self.session.run(command.text, RUN_TIMEOUT_S)
+        self.record(command, result.rc, result.output)
         if result.rc != 0:
             raise AssertionError(f"{command.where}: `{command.code}` failed: {result.output}")
         self.jobs.append((self.session.last_background_pid(), command))

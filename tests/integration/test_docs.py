@@ -50,6 +50,7 @@ The summary line of a passing run names every scenario, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -103,9 +104,19 @@ def session_env(pipeline: Pipeline, workdir: Path) -> dict[str, str]:
     # The private names are longer than the documented ones: a wide "terminal" keeps
     # rich's tables from wrapping lines that would fit with the documented names.
     env["COLUMNS"] = "160"
+    # Where the session's local stack is, when it is not the default one: the docs'
+    # `scripts/local_stack.sh` commands must act on the stack the fixtures started.
+    for name in STACK_IDENTITY:
+        if name in os.environ:
+            env[name] = os.environ[name]
     # Order-id counters of this run only; the docs' default is .stack/producer-state.
     env["PRODUCER_STATE_DIR"] = str(workdir / "producer-state")
     return env
+
+
+#: Environment variables of scripts/local_stack.sh that say which stack it controls.
+STACK_IDENTITY = ("STACK_DIR", "KAFKA_PORT", "PG_PORT", "KAFKA_NODES", "FOODPIPE_CACHE_DIR")
+DEFAULT_PORTS = {"KAFKA_PORT": "19092", "PG_PORT": "15432"}
 
 
 def private_names(pipeline: Pipeline) -> dict[str, str]:
@@ -129,8 +140,16 @@ def test_scenario(
         pytest.skip("no command of this scenario runs here (only static checks)")
     if scenario.uses_local_stack and stack.source != "local":
         pytest.skip(f"the docs drive scripts/local_stack.sh; services come from {stack.source}")
+    moved = {
+        k: os.environ[k]
+        for k in DEFAULT_PORTS
+        if os.environ.get(k, DEFAULT_PORTS[k]) != DEFAULT_PORTS[k]
+    }
+    if scenario.needs_default_ports and moved:
+        pytest.skip(f"the docs name the stack's default ports; this stack uses {moved}")
     pipeline = make_pipeline()
-    workdir = shadow_checkout(tmp_path / "checkout")
+    stack_dir = Path(os.environ["STACK_DIR"]) if "STACK_DIR" in os.environ else None
+    workdir = shadow_checkout(tmp_path / "checkout", stack_dir=stack_dir)
     logs = tmp_path / "jobs"
     logs.mkdir()
     session = ShellSession(workdir, session_env(pipeline, workdir))
@@ -138,6 +157,17 @@ def test_scenario(
         Runner(session, private_names(pipeline), logs).run(scenario)
     finally:
         session.close()
+        if scenario.is_fault:
+            restore_stack(stack)
+
+
+def restore_stack(stack: Stack) -> None:
+    """Start again whatever a fault experiment stopped and did not restart (because it
+    failed half way): the rest of the session needs the services. ``start`` is
+    idempotent, but a frozen broker looks alive to it, so thaw that first."""
+    with contextlib.suppress(RuntimeError):  # the broker is not frozen but gone
+        stack.script("kafka-cont", "1")
+    stack.script("start")
 
 
 # ---------------------------------------------------------------- static checks
@@ -151,6 +181,33 @@ def test_docs_use_only_checked_blocks() -> None:
             if block.lang in FORBIDDEN_LANGS:
                 problems.append(f"{rel}:{block.line}: a '{block.lang}' block; use 'bash'")
     assert not problems, "\n".join(problems)
+
+
+def _stripped_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def test_quoted_code_matches_the_source() -> None:
+    """A ```python block is a quote: its lines must appear, in a row, in a file under src/.
+    When the code changes, the docs' quote fails here instead of silently going stale."""
+    sources = {
+        path.relative_to(REPO): _stripped_lines(path.read_text(encoding="utf-8"))
+        for path in (REPO / "src").rglob("*.py")
+    }
+    stale = []
+    for page in doc_pages():
+        for block in blocks(page.read_text(encoding="utf-8")):
+            if block.lang != "python":
+                continue
+            quote = _stripped_lines(block.body)
+            found = any(
+                lines[i : i + len(quote)] == quote
+                for lines in sources.values()
+                for i in range(len(lines) - len(quote) + 1)
+            )
+            if not found:
+                stale.append(f"{page.relative_to(REPO)}:{block.line}")
+    assert not stale, f"```python blocks that no longer match the code in src/: {stale}"
 
 
 def test_every_long_running_command_shows_its_output() -> None:

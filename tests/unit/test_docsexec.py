@@ -111,6 +111,14 @@ def test_split_comment(line: str, code: str, comment: str) -> None:
         (".venv/bin/pytest tests/unit", "", Kind.PYTEST),
         ("scripts/local_stack.sh stop", "", Kind.STACK_STOP),
         ("LOG_LEVEL=DEBUG foodpipe produce --count 5", "", Kind.RUN),
+        # Long-running without saying so: still run until their output, then Ctrl-C.
+        ("foodpipe produce --rate 5", "", Kind.LONG),
+        ("foodpipe consume", "", Kind.LONG),
+        ("scripts/run_local.sh", "run it", Kind.LONG),
+        ("scripts/run_local.sh --count 100", "", Kind.RUN),
+        ("scripts/run_local.sh stop", "", Kind.RUN),
+        ("foodpipe status --json", "", Kind.RUN),
+        ("foodpipe status --watch --json", "", Kind.LONG),
     ],
 )
 def test_classify(code: str, comment: str, kind: Kind) -> None:
