@@ -210,6 +210,35 @@ def test_quoted_code_matches_the_source() -> None:
     assert not stale, f"```python blocks that no longer match the code in src/: {stale}"
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_links_resolve() -> None:
+    """Every relative link of the docs points at a file that exists, and every #anchor
+    at a heading of the page it names."""
+    broken = []
+    for page in doc_pages():
+        text = page.read_text(encoding="utf-8")
+        prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"^[a-z]+:", target):
+                continue
+            path_part, _, anchor = target.partition("#")
+            path = (page.parent / path_part).resolve() if path_part else page
+            where = f"{page.relative_to(REPO)} -> {target}"
+            if not path.exists():
+                broken.append(f"{where}: no such file")
+                continue
+            if anchor and path.suffix == ".md":
+                headings = re.findall(r"^#{1,6}\s+(.*?)\s*$", path.read_text(), re.MULTILINE)
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{where}: no heading with that anchor")
+    assert not broken, "\n".join(broken)
+
+
 def test_every_long_running_command_shows_its_output() -> None:
     missing = [c.where for c in _commands(Kind.LONG) if c.expect is None]
     assert not missing, f"Ctrl-C commands need a ```text block after them: {missing}"
