@@ -133,7 +133,10 @@ class KafkaView:
         self.timeout_s = timeout_s
 
     def partitions(self, topic: str) -> list[int]:
-        metadata = self.admin.list_topics(topic, timeout=self.timeout_s)
+        # Metadata of all topics, not of this one: asking for one topic by name makes a
+        # broker with auto.create.topics.enable=true create it, and a mistyped
+        # KAFKA_TOPIC must be reported, not created.
+        metadata = self.admin.list_topics(timeout=self.timeout_s)
         described = metadata.topics.get(topic)
         if described is None or described.error is not None or not described.partitions:
             raise TopicMissing(

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka.admin import AdminClient
+
 from tests.conftest import Pipeline
 from tests.poison import POISON, produce_records, record, valid_order
 from tests.support import (
@@ -150,10 +152,16 @@ def test_status_watch_json_prints_one_document_per_refresh(
 
 
 def test_status_with_a_missing_topic_is_one_line(pipeline: Pipeline) -> None:
-    env = {**pipeline.env, "KAFKA_TOPIC": "no-such-topic-here"}
+    missing = f"{pipeline.topic}-typo"
+    env = {**pipeline.env, "KAFKA_TOPIC": missing}
     code, doc = status_env(env)
     assert code == 1
-    assert "no-such-topic-here does not exist" in doc["kafka_error"]
+    assert f"{missing} does not exist" in doc["kafka_error"]
+    # Looking must not create it (a broker may auto-create topics asked for by name).
+    assert (
+        missing
+        not in AdminClient({"bootstrap.servers": pipeline.bootstrap}).list_topics(timeout=10).topics
+    )
 
 
 def status_env(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
