@@ -151,16 +151,17 @@ def test_readyz_is_false_without_partitions_and_true_once_assigned(
             if codes != [200, 503]:
                 return None
             owner = next(i for i, (code, _doc) in enumerate(states) if code == 200)
-            idle_doc = states[1 - owner][1]
-            # The idle member is connected: alive, but with nothing to do.
-            assert idle_doc == {
+            # Wait until the idle member is connected too (not merely still starting):
+            # alive, but with nothing to do.
+            if states[1 - owner][1] != {
                 "ready": False,
                 "reason": "connected; no partition assigned to this member",
-            }
-            assert get(f"http://127.0.0.1:{ports[1 - owner]}/healthz")[0] == 200
+            }:
+                return None
             return owner, 1 - owner
 
         owner, idle = wait_until(one_ready_one_not, timeout=90, message="one owner, one idle")
+        assert get(f"http://127.0.0.1:{ports[idle]}/healthz")[0] == 200
         assert ready(ports[owner])[1] == {"ready": True, "reason": "connected; owns 1 partition"}
         assert metric(scrape(ports[idle]), "foodpipe_consumer_assigned_partitions") == 0
 
