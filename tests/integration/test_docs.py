@@ -55,6 +55,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,14 @@ def test_scenario(
     }
     if scenario.needs_default_ports and moved:
         pytest.skip(f"the docs name the stack's default ports; this stack uses {moved}")
-    pipeline = make_pipeline()
+    # Private names about as long as the documented ones, so that tables wrap where
+    # the reader's do.
+    tag = uuid.uuid4().hex[:8]
+    pipeline = make_pipeline(
+        kafka_topic=f"docs-{tag}",
+        kafka_dlq_topic=f"docs-{tag}.dlq",
+        kafka_consumer_group=f"docs-{tag}-group",
+    )
     stack_dir = Path(os.environ["STACK_DIR"]) if "STACK_DIR" in os.environ else None
     workdir = shadow_checkout(tmp_path / "checkout", stack_dir=stack_dir)
     logs = tmp_path / "jobs"
