@@ -346,6 +346,11 @@ def test_status_reports_what_is_unreachable() -> None:
     assert missing.exit_code == 1
     assert "does not exist" in text_of(status_command.render(missing))
     assert status_command.to_dict(missing)["topic"] is None
+    no_dlq = snapshot(dlq_messages=None, kafka_error="topic orders.dlq does not exist")
+    assert no_dlq.exit_code == 1
+    table = text_of(status_command.render(no_dlq))
+    assert "missing in orders.dlq" in table
+    assert "topic orders.dlq does not exist" in table
     gone = snapshot(topic=None, kafka_error="Kafka did not answer", kafka_unreachable=True)
     assert gone.exit_code == 3
 

@@ -317,6 +317,8 @@ def render(snapshot: Snapshot, previous: Snapshot | None = None) -> RenderableTy
         lines.add_row("recent writes", recent)
     dlq = "missing" if snapshot.dlq_messages is None else f"{snapshot.dlq_messages} messages"
     lines.add_row("dead letters", f"{dlq} in {snapshot.dlq_topic}")
+    if topic is not None and snapshot.kafka_error is not None:
+        lines.add_row("Kafka", Text(snapshot.kafka_error, style="red"))
     rates = _rates(snapshot, previous)
     if rates is not None:
         lines.add_row("offsets moving", f"produced {rates[0]:.1f}/s, consumed {rates[1]:.1f}/s")
