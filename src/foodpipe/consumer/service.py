@@ -37,7 +37,10 @@ Failures (the decision table is :mod:`foodpipe.consumer.classify`):
   the exception propagates; the command logs one line and exits 3. Nothing of the batch
   is committed, so it is redelivered after the restart.
 
-Rebalances (cooperative-sticky, so callbacks receive only the partitions that change):
+Rebalances (cooperative-sticky, so callbacks receive only the partitions that change,
+and partitions that stay are never taken away and given back; the callbacks do not call
+``incremental_assign``/``incremental_unassign`` themselves: confluent-kafka does that
+right after each callback returns, with the committed offsets as start positions):
 
 - The loop is single-threaded, so rebalance callbacks run *inside* ``consume()`` or
   ``poll()``. Between batches nothing is in flight. The only place a batch is in flight
