@@ -52,6 +52,7 @@ READ_ONLY = (
     ("head",),
     ("cat",),
     ("wc",),
+    ("curl",),  # the docs only GET
 )
 
 #: local_stack.sh sub-commands that disturb the shared services; a scenario that uses
