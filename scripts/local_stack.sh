@@ -177,9 +177,15 @@ format_kafka() {
   dir=$(node_dir "$n")
   [[ -f $dir/data/meta.properties ]] && return
   local id_file="$STACK_DIR/kafka/cluster.id"
-  [[ -f $id_file ]] || python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode())' >"$id_file"
+  # Like Kafka's own Uuid.randomUuid(): URL-safe base64 of 16 random bytes, never
+  # starting with '-', which a command line would read as an option.
+  [[ -s $id_file ]] || python3 -c '
+import base64, os
+while (cid := base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()).startswith("-"):
+    pass
+print(cid)' >"$id_file"
   java -cp "$LIBS/*" -Dlog4j2.configurationFile="$REPO/scripts/kafka/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
-    kafka.tools.StorageTool format -t "$(cat "$id_file")" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1 \
+    kafka.tools.StorageTool format --cluster-id="$(cat "$id_file")" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1 \
     || die "formatting Kafka storage of node $n failed; see $dir/logs/format.log"
 }
 

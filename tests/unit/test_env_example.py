@@ -86,7 +86,7 @@ def test_secrets_are_placeholders_that_production_refuses() -> None:
     with pytest.raises(ConfigError, match="placeholder"):
         load_settings(
             _env_file=None, foodpipe_env="production", postgres_password=active["POSTGRES_PASSWORD"]
-        )
+        ).check_database_password()
 
 
 def test_the_secrets_compose_requires_are_set() -> None:
