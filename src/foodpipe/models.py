@@ -14,7 +14,7 @@ without sending every message of an older consumer to the dead-letter topic.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -83,7 +83,7 @@ class Order(BaseModel):
         match = _ORDER_ID.match(value)
         assert match is not None  # the pattern constraint already ran
         try:
-            datetime.strptime(match.group(1), "%Y%m%d")
+            _parse_day(match.group(1))
         except ValueError:
             raise ValueError(
                 f"order_id date part {match.group(1)} is not a calendar date"
@@ -112,12 +112,18 @@ class Order(BaseModel):
         }
 
 
+def _parse_day(digits: str) -> date:
+    # date() on the three int slices is ~10x cheaper than strptime, and this runs once
+    # per consumed message; the pattern already guarantees eight digits.
+    return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+
+
 def order_day(order_id: str) -> date:
     """The calendar day encoded in an order id."""
     match = _ORDER_ID.match(order_id)
     if match is None:
         raise ValueError(f"not an order id: {order_id!r}")
-    return datetime.strptime(match.group(1), "%Y%m%d").date()
+    return _parse_day(match.group(1))
 
 
 def kafka_headers() -> list[tuple[str, bytes]]:
