@@ -7,21 +7,31 @@ The convention for writing docs
   there is no "not run" tag. ``sh``, ``shell`` and ``console`` blocks are refused, so a
   command cannot hide from the test.
 - A ``text`` block right after a ``bash`` block (prose in between is fine, a heading is
-  not) shows the output of that block's LAST command. The test checks it: each
-  non-blank line must appear in the output, in order, as part of one output line;
-  runs of spaces compare equal, and ``...`` stands for text that differs between runs.
-  Keep one command per block when you show its output.
+  not) shows the output of that block's last command that runs (a docker or CI command
+  after it does not count). The test checks it: each non-blank line must appear in the
+  output, in order, as part of one output line; runs of spaces compare equal, and
+  ``...`` stands for text that differs between runs. Keep one command per block when
+  you show its output. Output is stdout and stderr together, as on a terminal.
+- A ``python`` block is a quote of the code: its lines must appear, in a row, in a file
+  under ``src/``. Relative links and their ``#anchors`` must resolve.
 - How each command is checked depends on what it is:
 
   ====================================  ==================================================
   command                               checked by
   ====================================  ==================================================
-  ``... &`` (ends with ``&``)           started; it must not crash; SIGTERM at the end
-  a ``# ... Ctrl-C ...`` comment        started; when the ``text`` block's output has
-                                        appeared, SIGINT (Ctrl-C); exit 0 or 130
-  ``foodpipe status|audit|health|``     re-run until the output matches (deadline
-  ``dlq list|config``, ``grep``,        90 s): the pipeline needs a moment to get there
-  ``tail``, ``local_stack.sh status``
+  ``... &`` (ends with ``&``)           started in the shell; it must not crash; SIGTERM
+                                        at the end of the scenario if still running
+  runs until stopped: a ``# ...         run in a pseudo-terminal, as in a terminal window;
+  Ctrl-C ...`` comment, or one of       when the ``text`` block's output has appeared, a
+  ``foodpipe consume``, ``foodpipe      real Ctrl-C (the ^C byte); exit 0 or 130. Such a
+  produce`` without ``--count``,        command must be followed by a ``text`` block.
+  ``foodpipe status --watch``,
+  ``tail -f``, ``scripts/run_local.sh``
+  (without ``--count``/``-d``/``stop``)
+  ``foodpipe status|audit|health|``     re-run until the output matches and the exit
+  ``dlq list|config``, ``grep``,        status is 0 (deadline 90 s): the pipeline needs
+  ``tail``, ``cat``, ``curl``,          a moment to get there
+  ``local_stack.sh status``
   anything else                         run once; exit status 0; output as shown
   ``docker`` / ``docker-compose``       statically: files, services, profiles and
                                         ``foodpipe`` sub-commands exist in the compose
@@ -33,6 +43,8 @@ The convention for writing docs
                                         test session; the ``stack`` fixture runs it)
   ====================================  ==================================================
 
+  To show a command's exit status, write ``command; echo "exit code $?"`` and put
+  ``exit code N`` in the ``text`` block.
 - Scenarios: a heading that starts with "Try it" begins an experiment that runs until
   the next "Try it" heading; everything before the first one is the page's own scenario
   (the README runs top to bottom as one). Each scenario runs in a fresh ``bash``, like
@@ -41,11 +53,20 @@ The convention for writing docs
   consumer group and database from ``make_pipeline``. The environment variables
   override what the commands write into ``.env``; output is compared after mapping
   those private names back to ``food-orders``, ``food-orders.dlq``,
-  ``order-processors`` and ``foodpipe``.
-- A scenario that stops or kills a broker or PostgreSQL is marked ``fault``.
+  ``order-processors`` and ``foodpipe``. ``LOG_FORMAT`` is left at ``auto``, as for a
+  reader: JSON when the output is not a terminal.
+- A scenario that stops, freezes or kills a broker or PostgreSQL is marked ``fault``;
+  whatever it leaves stopped is started again afterwards. A scenario that drives
+  ``scripts/local_stack.sh`` or reads ``.stack/`` is skipped when the services come
+  from elsewhere; one that names the default ports, when the stack uses others
+  (``STACK_DIR``, ``KAFKA_PORT`` and ``PG_PORT`` are passed on to the docs' commands).
+- ``FOODPIPE_DOCS_TRANSCRIPT=FILE`` appends every command and its real output to FILE:
+  the way to see what to put in a ``text`` block.
 
-The summary line of a passing run names every scenario, e.g.
-``test_scenario[docs/KeyPoints/consumer.md::Try it: ...] PASSED``.
+Run it: ``.venv/bin/pytest tests/integration/test_docs.py`` (``-k README``, ``-k
+"consumer and poison"``, ``-m "not fault"``). The summary line of a passing run is
+``N passed, 1 skipped`` (the skip is the Docker commands' static check); each scenario
+has its own id, e.g. ``test_scenario[docs/KeyPoints/consumer.md::Try it: ...]``.
 """
 
 from __future__ import annotations
