@@ -617,3 +617,16 @@ def test_the_compose_front_end_accepts_the_file(
     )
     assert refused.returncode != 0
     assert "PASSWORD" in refused.stderr
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_producer_and_consumer_health_is_their_readyz_endpoint(name: str) -> None:
+    for service_name in ("producer", "consumer"):
+        service = services(name)[service_name]
+        env = service_env(service)
+        assert int(env["METRICS_PORT"]) > 0, "the endpoints must be on in Compose"
+        assert env["METRICS_HOST"] == "0.0.0.0"  # noqa: S104 - inside a container
+        check = " ".join(service["healthcheck"]["test"])
+        assert "/readyz" in check
+        assert "METRICS_PORT" in check
+        assert "ports" not in service, "scalable: no fixed host port"
