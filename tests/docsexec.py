@@ -608,6 +608,19 @@ class Terminal:
             os.close(self._master)
 
 
+def tracked_top_level(repo: Path) -> set[str]:
+    """Top-level names of the files git tracks (everything but the obvious litter when
+    this is not a git checkout)."""
+    result = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=False)
+    if result.returncode == 0:
+        return {path.split("/", 1)[0] for path in result.stdout.decode().split("\0") if path}
+    return {
+        entry.name
+        for entry in repo.iterdir()
+        if entry.suffix != ".log" and not entry.name.startswith((".coverage", ".env"))
+    }
+
+
 def shadow_checkout(target: Path, repo: Path = REPO, stack_dir: Path | None = None) -> Path:
     """A working directory that looks like the repository root to the docs' commands.
 
@@ -618,12 +631,12 @@ def shadow_checkout(target: Path, repo: Path = REPO, stack_dir: Path | None = No
     points at ``stack_dir`` when the stack lives elsewhere (``STACK_DIR``).
     """
     target.mkdir(parents=True, exist_ok=True)
-    for entry in repo.iterdir():
-        if entry.name in (".env", ".git", "scripts", ".stack") or entry.name.startswith(
-            ".coverage"
-        ):
+    # Only what the repository tracks, plus the virtualenv: a stray file in the working
+    # tree (a reader's consumer.log) must not become a symlink the commands write through.
+    for name in sorted(tracked_top_level(repo) | {".venv"}):
+        if name in (".env", ".git", "scripts", ".stack") or not (repo / name).exists():
             continue
-        (target / entry.name).symlink_to(entry)
+        (target / name).symlink_to(repo / name)
     (target / ".stack").symlink_to(stack_dir or repo / ".stack")
     scripts = target / "scripts"
     scripts.mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from ..docsexec import (
     normalise,
     plain,
     scenarios,
+    shadow_checkout,
     split_comment,
 )
 
@@ -165,3 +168,26 @@ def test_private_names_map_back_longest_first() -> None:
 
 def test_terminal_output_loses_escape_codes() -> None:
     assert plain("\x1b[2K\x1b[1Aabc\x1b[0m\r\ndef\rghi") == "abc\ndef\nghi"
+
+
+def test_shadow_checkout_links_only_tracked_files(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "tool.sh").write_text("#!/bin/sh\necho tool\n")
+    (repo / "scripts" / "tool.sh").chmod(0o755)
+    (repo / "README.md").write_text("x")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    (repo / "consumer.log").write_text("a reader's litter")
+    (repo / ".venv").mkdir()
+    shadow = shadow_checkout(tmp_path / "shadow", repo, stack_dir=tmp_path / "stack")
+    assert (shadow / "README.md").is_symlink()
+    assert (shadow / ".venv").is_symlink()
+    assert not (shadow / "consumer.log").exists()
+    assert os.readlink(shadow / ".stack") == str(tmp_path / "stack")
+    # Scripts are wrappers that exec the real file, so they find the real repository.
+    out = subprocess.run(
+        [str(shadow / "scripts" / "tool.sh")], capture_output=True, text=True, check=True
+    )
+    assert out.stdout == "tool\n"
+    assert not (shadow / "scripts" / "tool.sh").is_symlink()
