@@ -73,6 +73,9 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """
     config = {
         **common_config(settings),
+        # librdkafka's default partitioner hashes keys with CRC32 ("consistent_random");
+        # the Java client uses murmur2, so a Java and a Python producer put the same key on
+        # different partitions unless "partitioner" is set to "murmur2_random".
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 10,
@@ -111,6 +114,8 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
+        # Cooperative rebalancing: when a member joins or leaves, only the partitions
+        # that move are revoked; the others keep being consumed during the rebalance.
         "partition.assignment.strategy": "cooperative-sticky",
         "queued.max.messages.kbytes": 1024,
         "queued.min.messages": 1000,

@@ -249,6 +249,8 @@ class OrderProducer:
             if not self._limiter.wait(self._stopping, self._idle):
                 break
             self._send_new()
+            # poll(0) never waits: it serves delivery reports that have arrived, which is
+            # where librdkafka calls our delivery callback (confirmed or failed).
             self._producer.poll(0)
             self._tick()
         if self._fatal is not None:
@@ -265,6 +267,9 @@ class OrderProducer:
             return
         content = self._generator.next_content()
         value = self._generator.render(content, order_id, created_at)
+        # The key picks the partition (a hash of the key modulo the partition count), so
+        # every order of one customer lands on the same partition, and Kafka keeps a
+        # partition in order: a consumer sees each customer's orders in the order placed.
         key = content.customer_id.encode()
         if self._debug:
             self._log.debug(
