@@ -71,11 +71,11 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
       1 GiB) so the producer fits a 128 MB container even when the broker stalls; a full
       queue raises ``BufferError``, which the producer handles by polling.
     """
+    # librdkafka's default partitioner hashes keys with CRC32 ("consistent_random");
+    # the Java client uses murmur2, so a Java and a Python producer put the same key on
+    # different partitions unless "partitioner" is set to "murmur2_random".
     config = {
         **common_config(settings),
-        # librdkafka's default partitioner hashes keys with CRC32 ("consistent_random");
-        # the Java client uses murmur2, so a Java and a Python producer put the same key on
-        # different partitions unless "partitioner" is set to "murmur2_random".
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 10,
