@@ -5,9 +5,10 @@ The delivery contract
 One iteration handles one batch, in this order, and never commits an offset whose
 message is not safely somewhere (a row in PostgreSQL or a record in the DLQ):
 
-1. **Poll a batch**: up to ``BATCH_SIZE`` messages or ``BATCH_TIMEOUT_MS``, whichever
-   comes first (``consume(num_messages=..., timeout=...)``, in slices of at most half a
-   second so a stop request is noticed promptly).
+1. **Poll a batch**: up to ``BATCH_SIZE`` messages, 8 MiB of keys and values, or
+   ``BATCH_TIMEOUT_MS``, whichever comes first (``consume()`` without waiting for what
+   is prefetched, then waiting for one message at a time, in slices of at most half a
+   second so a stop request is noticed promptly). One batch is in memory at a time.
 2. **Decode and validate** each message with the shared ``Order`` model and its business
    rules (:func:`~foodpipe.consumer.decode.decode`). A message that is not a valid order
    becomes a :class:`~foodpipe.errors.PoisonMessage` with a named error class.
@@ -150,6 +151,13 @@ class _NoObserver:
 class LoopConfig:
     batch_size: int = 500
     batch_timeout_s: float = 1.0
+    #: Bytes (keys + values) at which a batch stops growing, whatever its count. The
+    #: fetch settings bound what librdkafka prefetches, but messages handed to the loop
+    #: leave that budget and librdkafka fetches more: without this, a burst of near-limit
+    #: (1 MB) messages filled a 500-message batch with ~500 MB, far past the 128 MB
+    #: container limit (OOM, restart, the same batch again: a crash loop). Same size as
+    #: the prefetch queue (``queued.max.messages.kbytes``).
+    batch_max_bytes: int = 8 * 1024 * 1024
     #: Longest single ``consume()``/``poll()`` call, so a stop request is seen promptly.
     poll_slice_s: float = 0.5
     summary_interval_s: float = 5.0
@@ -179,6 +187,11 @@ def _tp_key(tp: TopicPartition) -> PartitionKey:
 
 def _msg_key(message: KafkaMessage) -> PartitionKey:
     return (str(message.topic()), int(message.partition() or 0))
+
+
+def _batch_bytes(messages: Sequence[KafkaMessage]) -> int:
+    # value()/key() return the message's own bytes objects: measuring copies nothing.
+    return sum(len(m.value() or b"") + len(m.key() or b"") for m in messages)
 
 
 def _describe(keys: Sequence[PartitionKey] | set[PartitionKey]) -> list[str]:
@@ -257,6 +270,8 @@ class ConsumerService:
                 messages = self._poll_batch()
                 if messages:
                     self._process(messages)
+                # Not held while the next batch is gathered: one batch in memory at a time.
+                del messages
                 self._maybe_log_summary()
         finally:
             self._shutdown()
@@ -267,14 +282,26 @@ class ConsumerService:
         # Gathered in self._incoming, not a local list: a revoke inside a later consume()
         # call must be able to drop what an earlier call returned (see _drop).
         deadline = self._clock() + self._config.batch_timeout_s
-        while len(self._incoming) < self._config.batch_size and not self.stopping:
+        while (
+            len(self._incoming) < self._config.batch_size
+            and _batch_bytes(self._incoming) < self._config.batch_max_bytes
+            and not self.stopping
+        ):
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
+            # Take what librdkafka already holds without waiting, and wait only for one
+            # message. A consume() that waits keeps collecting while librdkafka fetches
+            # more, so one call could return ~500 MB of near-limit messages; a
+            # non-waiting call returns at most the prefetch queue, bounded by
+            # queued.max.messages.kbytes, and the byte check above runs between calls.
             received = self._consumer.consume(
-                num_messages=self._config.batch_size - len(self._incoming),
-                timeout=min(remaining, self._config.poll_slice_s),
+                num_messages=self._config.batch_size - len(self._incoming), timeout=0
             )
+            if not received:
+                received = self._consumer.consume(
+                    num_messages=1, timeout=min(remaining, self._config.poll_slice_s)
+                )
             # Only now read self._incoming: callbacks inside consume() may have filtered it.
             self._incoming.extend(received)
         batch, self._incoming = self._incoming, []
@@ -326,6 +353,12 @@ class ConsumerService:
             try:
                 entries.append(Entry(message, order=decode(message.key(), message.value())))
             except PoisonMessage as poison:
+                # Keep the verdict, not the traceback: the traceback (and the pydantic error
+                # chained as its context) holds this frame, whose ``messages`` list holds the
+                # Entry holding the exception: a reference cycle that kept whole batches
+                # alive until the cyclic GC ran (measured: 65 MB of near-limit messages).
+                poison.__traceback__ = None
+                poison.__context__ = None
                 entries.append(Entry(message, poison=poison))
         return entries
 
