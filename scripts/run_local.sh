@@ -23,6 +23,10 @@ consumers=1 rate="" count="" seed="" detach=0
 say() { printf 'run_local: %s\n' "$*" >&2; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
+# kill -0 succeeds on a zombie, and the services are this shell's children, which stay
+# zombies until waited for: look at the process state instead.
+running() { [[ -r /proc/$1/stat ]] && [[ $(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) != Z ]]; }
+
 stop_services() {
   local pidfile pid
   for pidfile in "$RUN"/*.pid; do
@@ -34,8 +38,9 @@ stop_services() {
     [[ -f $pidfile ]] || continue
     pid=$(cat "$pidfile")
     # The services finish their batch and leave the group within a few seconds.
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 300); do running "$pid" || break; sleep 0.1; done
+    running "$pid" && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
     rm -f "$pidfile"
   done
 }

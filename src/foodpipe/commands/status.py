@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -120,21 +122,30 @@ def _emit(snapshot: Snapshot, previous: Snapshot | None, as_json: bool) -> None:
 
 def _watch(view: KafkaView, engine: Engine, settings: Settings, args: argparse.Namespace) -> int:
     previous: Snapshot | None = None
+    stop = threading.Event()
+    # Explicit handlers rather than KeyboardInterrupt: a process started with SIGINT
+    # ignored (a background job of a script) never gets KeyboardInterrupt from Python.
+    previous_handlers = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         if args.json:
-            while True:
+            while not stop.is_set():
                 snapshot = collect(view, engine, settings)
                 _emit(snapshot, previous, as_json=True)
                 previous = snapshot
-                time.sleep(args.interval)  # the refresh interval of a live view
+                stop.wait(args.interval)  # the refresh interval of a live view
+            return OK
         with Live(Text("reading..."), auto_refresh=False, console=Console()) as live:
-            while True:
+            while not stop.is_set():
                 snapshot = collect(view, engine, settings)
                 live.update(render(snapshot, previous), refresh=True)
                 previous = snapshot
-                time.sleep(args.interval)  # the refresh interval of a live view
-    except KeyboardInterrupt:
+                stop.wait(args.interval)  # the refresh interval of a live view
         return OK
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------- collect
