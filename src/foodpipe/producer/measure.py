@@ -165,7 +165,10 @@ def fresh_topic(settings: Settings, label: str) -> Settings:
 
 
 def _env(settings: Settings, state_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    # Measure the product, not a test tool: when the caller runs under coverage, these
+    # variables would make the child trace itself, which more than triples its peak RSS
+    # (seen: 255 MiB traced against 73 MiB untraced at max rate).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
     env.update(
         {
             "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
