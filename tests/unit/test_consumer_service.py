@@ -86,6 +86,7 @@ class FakeConsumer:
     steps: list[Step] = field(default_factory=list)
     poll_steps: list[Callable[[], Msg | None]] = field(default_factory=list)
     commit_errors: list[BaseException] = field(default_factory=list)
+    reports: list[tuple[Any, list[TopicPartition]]] = field(default_factory=list)
     assigned: list[tuple[str, int]] = field(default_factory=list)
     paused: set[tuple[str, int]] = field(default_factory=set)
     service: ConsumerService | None = None
@@ -108,6 +109,7 @@ class FakeConsumer:
         self.paused -= set(partitions)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Msg]:
+        self.serve_reports()
         if timeout == 0:
             # The loop first takes what is already prefetched, without waiting; the
             # scripted steps model what arrives while it waits, so nothing is here yet.
@@ -122,18 +124,35 @@ class FakeConsumer:
         return [m for m in messages if (m.topic(), m.partition()) not in self.paused]
 
     def poll(self, timeout: float = -1) -> Msg | None:
+        self.serve_reports()
         self.clock.now += timeout
         self.events.append(("poll",))
         if self.poll_steps:
             return self.poll_steps.pop(0)()
         return None
 
-    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
-        assert asynchronous is False, "offset commits must be synchronous"
+    def commit(
+        self, *, offsets: list[TopicPartition], asynchronous: bool
+    ) -> list[TopicPartition] | None:
         if self.commit_errors:
-            raise self.commit_errors.pop(0)
+            error = self.commit_errors.pop(0)
+            if not asynchronous:
+                raise error
+            # librdkafka reports an asynchronous commit's outcome during a later poll.
+            self.reports.append((error.args[0], offsets))
+            return None
         self.events.append(("commit", {(tp.partition, tp.offset) for tp in offsets}))
+        if asynchronous:
+            self.reports.append((None, offsets))
+            return None
         return offsets
+
+    def serve_reports(self) -> None:
+        """Deliver commit outcomes, as librdkafka does inside consume() and poll()."""
+        assert self.service is not None
+        while self.reports:
+            error, offsets = self.reports.pop(0)
+            self.service.on_commit(error, offsets)
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self.assigned]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
@@ -64,6 +65,11 @@ class ConsumerApp:
         self.readiness = ConsumerReadiness(self.metrics)
         self._view: KafkaView | None = None
 
+    def _on_commit(self, error: Any, partitions: Any) -> None:
+        # The consumer is built before the service, so librdkafka's callback is forwarded.
+        if self._service is not None:
+            self._service.on_commit(error, partitions)
+
     def request_stop(self) -> None:
         """Stop after the current batch (callable before the loop has started, too)."""
         self._stop_requested = True
@@ -107,7 +113,12 @@ class ConsumerApp:
             wait_for_database(engine, self.wait_s)
             self.readiness.connected()
             producer = Producer(producer_config(settings, **{"client.id": "foodpipe-dlq"}))
-            consumer = Consumer(consumer_config(settings, **{"client.id": "foodpipe-consumer"}))
+            consumer = Consumer(
+                consumer_config(
+                    settings,
+                    **{"client.id": "foodpipe-consumer", "on_commit": self._on_commit},
+                )
+            )
             dlq = DeadLetterQueue(producer, settings.kafka_dlq_topic, settings.kafka_consumer_group)
             self._service = ConsumerService(
                 consumer,

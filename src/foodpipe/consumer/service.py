@@ -21,9 +21,16 @@ message is not safely somewhere (a row in PostgreSQL or a record in the DLQ):
    (topic, partition, offset, error class, reason), and wait for the broker's
    confirmation (idempotent producer, ``acks=all``). If the DLQ cannot take them, stop
    (fatal): committing past them would lose them.
-5. **Commit the database transaction, then the offsets**: one synchronous
-   ``commit(offsets=[offset + 1 per partition])`` after the transaction has committed.
-   Auto-commit and auto offset store are off, so no offset ever moves on its own.
+5. **Commit the database transaction, then the offsets**: one
+   ``commit(offsets=[offset + 1 per partition], asynchronous=True)`` after the
+   transaction has committed; the offsets stay pending until librdkafka confirms them
+   (``on_commit``, served inside a later ``consume()``/``poll()``), and a commit that
+   failed is sent again. Auto-commit and auto offset store are off, so no offset ever
+   moves on its own. Asynchronous because a synchronous commit blocks the only thread
+   that serves rebalances: when the group session expired during one (a broker stalled
+   longer than ``session.timeout.ms``), librdkafka waited for the loop to acknowledge
+   the lost partitions while the loop waited for the commit, for ever. Only the last
+   commit, at shutdown, is synchronous.
 
 Failures (the decision table is :mod:`foodpipe.consumer.classify`):
 
@@ -71,7 +78,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
@@ -110,6 +117,9 @@ class ConsumerLike(Protocol):
     ) -> None: ...
     def consume(self, num_messages: int = ..., timeout: float = ...) -> Sequence[KafkaMessage]: ...
     def poll(self, timeout: float = ...) -> KafkaMessage | None: ...
+    @overload
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: Literal[True]) -> None: ...
+    @overload
     def commit(
         self, *, offsets: list[TopicPartition], asynchronous: Literal[False]
     ) -> list[TopicPartition]: ...
@@ -234,6 +244,8 @@ class ConsumerService:
         self._incoming: list[KafkaMessage] = []
         #: Next offset to commit per partition: written (or dead-lettered), not committed.
         self._pending: dict[PartitionKey, int] = {}
+        #: Offsets sent in an asynchronous commit whose outcome is not known yet.
+        self._committing: dict[PartitionKey, int] = {}
         self._paused = False
         self._last_warning: dict[str, float] = {}
 
@@ -452,13 +464,16 @@ class ConsumerService:
 
     # ------------------------------------------------------------------ offsets
 
-    def _commit_pending(self, only: set[PartitionKey] | None = None) -> None:
-        """Synchronously commit the written offsets of partitions we still own.
+    def _commit_pending(self, only: set[PartitionKey] | None = None, *, wait: bool = False) -> None:
+        """Commit the written offsets of partitions we still own.
 
-        A commit that fails for a passing reason (coordinator moving, rebalance in
-        progress) keeps its offsets pending for the next iteration; the rows are
-        written, so the only cost of a lost commit is a redelivery that the idempotent
-        insert absorbs.
+        Asynchronously: the outcome arrives in :meth:`on_commit`; offsets already on
+        their way are not sent again until it does. A commit that fails for a passing
+        reason (coordinator moving, rebalance in progress) keeps its offsets pending for
+        the next iteration; the rows are written, so the only cost of a lost commit is a
+        redelivery that the idempotent insert absorbs. ``wait=True`` (shutdown only)
+        commits synchronously and settles the outcome at once; an asynchronous commit
+        still on its way then is completed by ``close()``, which waits for it.
         """
         keys = [k for k in self._pending if (only is None or k in only)]
         for key in keys:
@@ -468,15 +483,45 @@ class ConsumerService:
             TopicPartition(topic, partition, self._pending[(topic, partition)])
             for topic, partition in keys
             if (topic, partition) in self._pending
+            and self._committing.get((topic, partition)) != self._pending[(topic, partition)]
         ]
         if not offsets:
             return
         try:
-            committed = self._consumer.commit(offsets=offsets, asynchronous=False)
+            if wait:
+                committed = self._consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and classify_kafka_error(error) is FailureClass.FATAL:
-                raise FatalError(f"offset commit refused: {error.str()}") from None
+            self._settle_commit(exc.args[0] if exc.args else None, [], exc)
+            return
+        if wait:
+            self._settle_commit(None, committed or offsets)
+        else:
+            for tp in offsets:
+                self._committing[_tp_key(tp)] = tp.offset
+
+    def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's ``on_commit`` callback: the outcome of an asynchronous commit."""
+        for tp in partitions:
+            key = _tp_key(tp)
+            if self._committing.get(key) == tp.offset:
+                del self._committing[key]
+        self._settle_commit(error, partitions)
+
+    def _settle_commit(
+        self,
+        error: KafkaError | None,
+        partitions: list[TopicPartition],
+        exc: BaseException | None = None,
+    ) -> None:
+        """Clear confirmed offsets; count and log failures; stop on a fatal one."""
+        if error is not None or exc is not None:
+            if isinstance(error, KafkaError):
+                if error.code() == KafkaError._NO_OFFSET:
+                    return
+                if classify_kafka_error(error) is FailureClass.FATAL:
+                    raise FatalError(f"offset commit refused: {error.str()}") from None
             self.stats.commit_failures += 1
             self._warn_throttled(
                 "commit",
@@ -484,7 +529,7 @@ class ConsumerService:
                 error=str(error.str() if isinstance(error, KafkaError) else exc),
             )
             return
-        for tp in committed or offsets:
+        for tp in partitions:
             key = _tp_key(tp)
             if getattr(tp, "error", None):
                 self.stats.commit_failures += 1
@@ -553,6 +598,7 @@ class ConsumerService:
         self._commit_pending(only=revoked)
         for key in revoked:
             self._pending.pop(key, None)
+            self._committing.pop(key, None)
         self._assigned -= revoked
         self._observer.set_assignment(self._assigned)
         self._log.info(
@@ -569,6 +615,7 @@ class ConsumerService:
         dropped = self._drop(lost)
         for key in lost:
             self._pending.pop(key, None)  # another member owns them: committing would be wrong
+            self._committing.pop(key, None)
         self._assigned -= lost
         self._observer.set_assignment(self._assigned)
         self._log.warning(
@@ -592,7 +639,8 @@ class ConsumerService:
 
     def _shutdown(self) -> None:
         try:
-            self._commit_pending()
+            # The last commit waits for its answer: nothing polls after close().
+            self._commit_pending(wait=True)
         except FatalError as exc:
             self._log.error("final offset commit refused", error=str(exc))
         # close() leaves the group now (its revoke callback commits nothing new: the
