@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -89,14 +90,14 @@ def test_fault_hook_refuses_what_it_does_not_understand(spec: str) -> None:
 
 def test_fault_hook_kills_the_process_on_the_nth_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     kills: list[tuple[int, int]] = []
-    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
     hook = faults.after_db_commit_hook({"FOODPIPE_FAULT": "crash-after-db-commit:3"})
     assert hook is not None
     hook()
     hook()
     assert kills == []
     hook()
-    assert kills == [(faults.os.getpid(), signal.SIGKILL)]
+    assert kills == [(os.getpid(), signal.SIGKILL)]
 
 
 def test_the_loop_calls_the_hook_after_the_write_and_before_the_offset_commit() -> None:

@@ -1,0 +1,150 @@
+"""Cases 1-3: the consumer dies (SIGKILL at two precise moments) or is asked to stop (SIGTERM).
+
+Load flows throughout: a real ``foodpipe produce`` keeps sending while consumers are
+killed and restarted, and every case ends with the full invariant check.
+
+How case 1 finds its moment: the window between the database commit and the offset
+commit lasts microseconds and logs nothing, so no outside observer can hit it reliably
+(a SIGSTOP on a log line would land after the offset commit most of the time). The
+consumer therefore has one test-only hook, ``FOODPIPE_FAULT=crash-after-db-commit:N``
+(src/foodpipe/consumer/faults.py, off by default): after its Nth written batch it logs
+one line and SIGKILLs itself before committing the offsets.
+
+How case 2 finds "mid-batch, before the DB commit": an ACCESS EXCLUSIVE lock on the
+table makes the consumer's INSERT wait; pg_stat_activity shows that wait, and the
+consumer is SIGKILLed while it is certainly inside a batch whose transaction is open.
+Two more kills land at arbitrary moments of the loop (when the row count passes a
+threshold), as an operator's ``kill -9`` would.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from tests.fault.harness import FAST_SESSION_MS, Fault, Service
+from tests.support import wait_until
+
+pytestmark = pytest.mark.fault
+
+
+def blocked_insert_pids(admin_engine: Engine) -> list[int]:
+    """Backends of the consumer waiting on a lock in ``INSERT INTO orders``."""
+    with admin_engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'foodpipe'"
+                    " AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO orders%'"
+                    " AND datname = current_database()"
+                )
+            ).scalars()
+        )
+
+
+@pytest.mark.timeout(180)
+def test_case01_sigkill_after_db_commit_before_offset_commit_is_redelivered_not_duplicated(
+    fault: Callable[..., Fault], soak: bool
+) -> None:
+    f = fault("1", "SIGKILL after DB commit, before offset commit")
+    kills = 6 if soak else 3
+    orders = 30_000 if soak else 8_000
+    f.produce(orders, rate=1500 if soak else 400, seed=101)
+
+    for round_ in range(kills):
+        # The crash comes after this consumer's 2nd written batch.
+        victim = f.consume(env={"FOODPIPE_FAULT": "crash-after-db-commit:2"})
+        code = victim.wait(timeout=60 + FAST_SESSION_MS / 1000)
+        assert code == -signal.SIGKILL, f"round {round_}: exit {code}\n{victim.tail()}"
+        assert victim.events(
+            "fault injection: SIGKILL after the DB commit, before the offset commit"
+        ), victim.tail()
+    survivor = f.consume()
+    f.cleared()
+    f.wait_recovered(timeout=90)
+    f.notes.append(f"{kills} crashes after the DB commit")
+    report = f.finish()
+
+    # Every killed batch was in PostgreSQL without its offsets: it came back, and the
+    # idempotent insert absorbed it instead of duplicating rows.
+    assert report.rewritten >= kills, report
+    assert survivor.events("consumer closed")[-1]["duplicates"] >= 1
+
+
+@pytest.mark.timeout(240)
+def test_case02_sigkill_mid_batch_before_db_commit_loses_nothing(
+    fault: Callable[..., Fault], soak: bool
+) -> None:
+    f = fault("2", "SIGKILL mid-batch, before DB commit")
+    locked_kills = 4 if soak else 2
+    timed_kills = 6 if soak else 2
+    orders = 30_000 if soak else 9_000
+    f.produce(orders, rate=1500 if soak else 450, seed=102)
+    admin = create_engine(f.pipeline.db_admin_url)
+
+    try:
+        consumer = f.consume()
+        for _ in range(locked_kills):
+            f.wait_assigned(consumer)
+            f.wait_rows(f.rows() + 1)  # it is writing
+            with admin.connect() as conn, conn.begin():
+                conn.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+                # The consumer polled a batch and its INSERT now waits inside an open
+                # transaction: the definition of "mid-batch, before the DB commit".
+                wait_until(
+                    lambda: blocked_insert_pids(f.pipeline.admin_engine),
+                    timeout=30,
+                    interval=0.02,
+                    message="the consumer's INSERT to wait on the lock",
+                )
+                assert consumer.kill() == -signal.SIGKILL
+            # Lock released (rollback). A new member takes over once the dead one's
+            # session expires; the killed batch was never committed, so it is read again.
+            consumer = f.consume()
+            f.cleared()
+            f.wait_recovered(timeout=60)
+        for _ in range(timed_kills):
+            f.wait_assigned(consumer)
+            f.wait_rows(f.rows() + 300)  # somewhere in the loop: polling, writing, committing
+            assert consumer.kill() == -signal.SIGKILL
+            consumer = f.consume()
+            f.cleared()
+            f.wait_recovered(timeout=60)
+    finally:
+        admin.dispose()
+    f.notes.append(f"{locked_kills} kills inside an open transaction, {timed_kills} at random")
+    f.finish()
+
+
+@pytest.mark.timeout(180)
+def test_case03_sigterm_finishes_the_batch_commits_and_exits_0_within_seconds(
+    fault: Callable[..., Fault], soak: bool
+) -> None:
+    f = fault("3", "SIGTERM: finish batch, commit, exit 0")
+    stops = 6 if soak else 3
+    orders = 30_000 if soak else 6_000
+    f.produce(orders, rate=1500 if soak else 500, seed=103)
+    exit_times = []
+    consumer: Service = f.consume()
+    for _ in range(stops):
+        f.wait_assigned(consumer)
+        f.wait_rows(f.rows() + 200)
+        code, seconds = consumer.terminate(timeout=30)
+        assert code == 0, consumer.tail()
+        # "Within a few seconds": the batch in hand (<= BATCH_TIMEOUT_MS to gather, one
+        # transaction, one commit) and leaving the group.
+        assert seconds < 5, f"took {seconds:.1f}s to stop after SIGTERM"
+        closed = consumer.events("consumer closed")
+        assert closed, consumer.tail()
+        exit_times.append(seconds)
+        consumer = f.consume()
+        f.cleared()
+        f.wait_recovered(timeout=60)
+    f.notes.append(f"{stops} SIGTERMs, exit 0 in <= {max(exit_times):.2f}s")
+    report = f.finish()
+    # Each stopping consumer committed everything it wrote: its successor rewrote nothing.
+    assert report.rewritten == 0, report
+    assert report.redeliveries == 0, report
