@@ -510,7 +510,9 @@ def _order_id_of(value: bytes | None) -> str | None:
         return None
     try:
         document = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested JSON (``{"a":{"a":...`` 20,000 levels in 120 KB)
+        # is valid input to decode but exhausts the parser's stack; it is no order.
         return None
     order_id = document.get("order_id") if isinstance(document, dict) else None
     return order_id if isinstance(order_id, str) else None
