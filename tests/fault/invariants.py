@@ -173,7 +173,7 @@ def order_id_of(value: bytes | None) -> str | None:
         return None
     try:
         data: Any = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # hostile input: deeply nested JSON
         return None
     order_id = data.get("order_id") if isinstance(data, dict) else None
     return order_id if isinstance(order_id, str) else None
