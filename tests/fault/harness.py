@@ -187,7 +187,19 @@ class Service:
             self.proc.kill()
         with_suppressed(lambda: self.proc.wait(timeout=30))
         if self.cgroup is not None:
-            with_suppressed(self.cgroup.rmdir)
+            cgroup = self.cgroup
+
+            def removed() -> bool:
+                # The kernel may still be uncharging the exited process (EBUSY) a moment.
+                try:
+                    cgroup.rmdir()
+                except FileNotFoundError:
+                    return True
+                except OSError:
+                    return False
+                return True
+
+            with_suppressed(lambda: wait_until(removed, timeout=10, message=f"rmdir {cgroup}"))
 
 
 def with_suppressed(action: Callable[[], object]) -> None:
