@@ -121,6 +121,10 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "queued.min.messages": 1000,
         "fetch.max.bytes": 1024 * 1024,
         "max.partition.fetch.bytes": 512 * 1024,
+        # With queues this small the thresholds above are hit all the time, and each hit
+        # postpones that partition's next fetch by fetch.queue.backoff.ms (default 1 s):
+        # a bare drain measured 10k msg/s at the default, 380k at 10 ms, same RSS.
+        "fetch.queue.backoff.ms": 10,
         # A crashed member's partitions wait this long before moving to the others.
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         # Three heartbeats per session, so one lost heartbeat never evicts a member.
