@@ -110,12 +110,12 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """
     config = {
         **common_config(settings),
+        # cooperative-sticky (below): when a member joins or leaves, only the partitions
+        # that move are revoked; the others keep being consumed during the rebalance.
         "group.id": settings.kafka_consumer_group,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        # Cooperative rebalancing: when a member joins or leaves, only the partitions
-        # that move are revoked; the others keep being consumed during the rebalance.
         "partition.assignment.strategy": "cooperative-sticky",
         "queued.max.messages.kbytes": 1024,
         "queued.min.messages": 1000,
