@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from psycopg2.extras import execute_values
+from pydantic import TypeAdapter
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -138,18 +138,47 @@ def consumer_session(max_poll_interval_ms: int) -> dict[str, str]:
 
 #: The columns the consumer writes; ``processed_at`` is left to the database default.
 WRITE_COLUMNS: tuple[str, ...] = tuple(c.name for c in orders.columns if c.name != "processed_at")
-# Built from the table's own constants, never from input.
+#: How ``jsonb_to_recordset`` reads each column out of the batch's JSON objects. A JSON
+#: string goes through the column type's own input function ("61.20" -> numeric).
+_RECORD_TYPES: dict[str, str] = {
+    "order_id": "text",
+    "customer_id": "text",
+    "items": "jsonb",
+    "total_amount": "numeric",
+    "status": "text",
+    "created_at": "timestamptz",
+}
+if tuple(_RECORD_TYPES) != WRITE_COLUMNS:  # pragma: no cover - a guard against schema drift
+    raise RuntimeError(f"_RECORD_TYPES must be updated for the columns {WRITE_COLUMNS}")
+# One statement with ONE parameter per batch: the orders travel as a single JSON array
+# that PostgreSQL unpacks in C. Built from the table's own constants, never from input.
 _INSERT_SQL = (
-    f"INSERT INTO {orders.name} ({', '.join(WRITE_COLUMNS)}) VALUES %s"  # noqa: S608
+    f"INSERT INTO {orders.name} ({', '.join(WRITE_COLUMNS)})"  # noqa: S608
+    f" SELECT {', '.join('o.' + name for name in WRITE_COLUMNS)}"
+    " FROM jsonb_to_recordset(%s::jsonb)"
+    f" AS o({', '.join(f'{name} {kind}' for name, kind in _RECORD_TYPES.items())})"
     " ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
-)
-# One placeholder per column; items travel as JSON text and are cast once by the server.
-_INSERT_TEMPLATE = (
-    "(" + ", ".join("%s::jsonb" if c == "items" else "%s" for c in WRITE_COLUMNS) + ")"
 )
 _SELECT_STORED = select(*(orders.c[name] for name in WRITE_COLUMNS)).where(
     orders.c.order_id.in_(bindparam("ids", expanding=True))
 )
+_BATCH_JSON: TypeAdapter[list[Order]] = TypeAdapter(list[Order])
+
+
+def batch_json(batch: Sequence[Order]) -> str:
+    """The orders as one JSON array of the ``orders`` columns: the insert's only parameter.
+
+    Serialised by the contract itself (pydantic's Rust serialiser: amounts as strings,
+    times in ISO 8601), so a row holds exactly what was validated; measured ~4 us per
+    order against ~13 us for building one tuple per row and ~16 us more for
+    ``execute_values`` to render them into SQL. The text is kept ASCII (non-ASCII is
+    escaped), so it survives a connection whatever its client encoding; PostgreSQL
+    decodes the escapes into JSONB.
+    """
+    data = _BATCH_JSON.dump_json(list(batch))
+    if data.isascii():
+        return data.decode("ascii")
+    return json.dumps(json.loads(data), separators=(",", ":"))
 
 
 class RowRejected(Exception):
@@ -193,36 +222,6 @@ def dedupe(order_ids: Sequence[str]) -> tuple[list[int], list[int]]:
     return firsts, repeats
 
 
-_PARAM_ORDER = ("order_id", "customer_id", "items", "total_amount", "status", "created_at")
-if WRITE_COLUMNS != _PARAM_ORDER:  # pragma: no cover - a guard against schema drift
-    raise RuntimeError(f"order_params() must be updated for the columns {WRITE_COLUMNS}")
-
-
-def order_params(order: Order) -> tuple[Any, ...]:
-    """One row of ``_INSERT_TEMPLATE``, in ``WRITE_COLUMNS`` order.
-
-    The hot path of the write, so built directly instead of through ``Order.to_row()``
-    (whose per-item ``model_dump`` cost about three times as much); a unit test checks
-    that both give the same row. ``json.dumps`` keeps ``ensure_ascii``, so the statement
-    is ASCII-only whatever the text; PostgreSQL decodes the escapes into JSONB.
-    """
-    items = json.dumps(
-        [
-            {"name": item.name, "quantity": item.quantity, "unit_price": str(item.unit_price)}
-            for item in order.items
-        ],
-        separators=(",", ":"),
-    )
-    return (
-        order.order_id,
-        order.customer_id,
-        items,
-        order.total_amount,
-        order.status.value,
-        order.created_at,
-    )
-
-
 def differing_fields(order: Order, stored: Mapping[str, Any]) -> tuple[str, ...]:
     """The columns in which ``order`` differs from a stored row, compared by value.
 
@@ -251,8 +250,9 @@ class OrderWriter:
     """Writes a batch of orders idempotently, in one transaction.
 
     1. Repeats of an order_id inside the batch are removed (the first one wins).
-    2. One multi-row ``INSERT ... ON CONFLICT (order_id) DO NOTHING RETURNING order_id``
-       (``execute_values`` with the page as large as the batch: one statement).
+    2. One ``INSERT ... SELECT ... FROM jsonb_to_recordset(<the batch as one JSON
+       array>) ON CONFLICT (order_id) DO NOTHING RETURNING order_id``: one statement,
+       one parameter, whatever the batch size.
     3. If PostgreSQL refuses a row (a constraint or data error, SQLSTATE class 22/23),
        the batch is bisected inside savepoints of the same transaction until the refused
        rows are isolated; they are reported in ``rejected`` and the rest is written.
@@ -316,20 +316,14 @@ class OrderWriter:
 
     @staticmethod
     def _insert(conn: Connection, batch: Sequence[Order], indexes: list[int]) -> list[int]:
-        # psycopg2's execute_values on the transaction's own DBAPI connection: measured
-        # ~25% faster than SQLAlchemy's insertmanyvalues for the same single statement.
+        # On the transaction's own DBAPI connection: one round trip, no SQLAlchemy
+        # statement compilation on the hot path.
         dbapi_connection = conn.connection.dbapi_connection
         assert dbapi_connection is not None
+        payload = batch_json([batch[i] for i in indexes])
         with _as_sqlalchemy_errors(conn), closing(dbapi_connection.cursor()) as cursor:
-            returned = execute_values(
-                cursor,
-                _INSERT_SQL,
-                [order_params(batch[i]) for i in indexes],
-                template=_INSERT_TEMPLATE,
-                page_size=len(indexes),
-                fetch=True,
-            )
-        new_ids = {row[0] for row in returned}
+            cursor.execute(_INSERT_SQL, (payload,))
+            new_ids = {row[0] for row in cursor.fetchall()}
         return [i for i in indexes if batch[i].order_id in new_ids]
 
     @staticmethod

@@ -13,11 +13,10 @@ from foodpipe.consumer.backoff import Backoff
 from foodpipe.consumer.stats import ConsumerStats, percentile
 from foodpipe.db import (
     _INSERT_SQL,
-    _INSERT_TEMPLATE,
     WRITE_COLUMNS,
+    batch_json,
     dedupe,
     differing_fields,
-    order_params,
 )
 from foodpipe.models import Order
 from tests.poison import HOSTILE_VALID, order_dict, valid_order
@@ -37,22 +36,33 @@ def test_dedupe_of_nothing_and_of_unique_ids() -> None:
 def test_the_insert_is_one_idempotent_statement_without_processed_at() -> None:
     assert "processed_at" not in WRITE_COLUMNS
     assert WRITE_COLUMNS[0] == "order_id"
-    assert _INSERT_SQL.count("%s") == 1  # execute_values expands it into all rows at once
-    assert "ON CONFLICT (order_id) DO NOTHING RETURNING order_id" in _INSERT_SQL
-    assert _INSERT_TEMPLATE.count("%s") == len(WRITE_COLUMNS)
-    assert "::jsonb" in _INSERT_TEMPLATE
+    assert _INSERT_SQL.count("%s") == 1  # the whole batch is one JSON parameter
+    assert "jsonb_to_recordset(%s::jsonb)" in _INSERT_SQL
+    assert _INSERT_SQL.endswith("ON CONFLICT (order_id) DO NOTHING RETURNING order_id")
+    record = _INSERT_SQL.split(" AS o(", 1)[1].split(")", 1)[0]
+    assert [column.split()[0] for column in record.split(", ")] == list(WRITE_COLUMNS)
 
 
-def test_row_parameters_follow_the_columns() -> None:
+def test_batch_json_is_one_object_per_order_with_the_columns() -> None:
     order = valid_order(1)
-    params = dict(zip(WRITE_COLUMNS, order_params(order), strict=True))
-    assert params["order_id"] == order.order_id
-    assert params["total_amount"] == Decimal("27.00")
-    assert params["created_at"] == order.created_at
-    assert json.loads(params["items"]) == [
+    [row] = json.loads(batch_json([order]))
+    assert set(row) == set(WRITE_COLUMNS)
+    assert row["order_id"] == order.order_id
+    assert row["total_amount"] == "27.00"  # a string: no float between us and NUMERIC
+    assert datetime.fromisoformat(row["created_at"]) == order.created_at
+    assert row["items"] == [
         {"name": "Margherita Pizza", "quantity": 2, "unit_price": "12.50"},
         {"name": "Cola", "quantity": 1, "unit_price": "2.00"},
     ]
+
+
+def _as_row(obj: dict[str, object]) -> dict[str, object]:
+    """A batch_json object read the way PostgreSQL reads it (numeric, timestamptz)."""
+    return {
+        **obj,
+        "total_amount": Decimal(str(obj["total_amount"])),
+        "created_at": datetime.fromisoformat(str(obj["created_at"])),
+    }
 
 
 @pytest.mark.parametrize(
@@ -65,24 +75,30 @@ def test_row_parameters_follow_the_columns() -> None:
                 **order_dict(3, items=(("Cake", 1, "10.00"),)),
                 "total_amount": 10,
                 "status": "delivered",
+                "created_at": "2026-11-22T09:30:00.5+02:00",
             }
         ),
         *HOSTILE_VALID,
     ],
     ids=lambda o: o.order_id,
 )
-def test_row_parameters_equal_the_contracts_to_row(order: Order) -> None:
-    row = order.to_row()
-    params = dict(zip(WRITE_COLUMNS, order_params(order), strict=True))
-    assert json.loads(params.pop("items")) == row.pop("items")
-    assert params == {name: row[name] for name in WRITE_COLUMNS if name != "items"}
+def test_batch_json_rows_equal_the_contracts_to_row(order: Order) -> None:
+    [obj] = json.loads(batch_json([order]))
+    assert _as_row(obj) == order.to_row()
 
 
-def test_items_json_is_ascii_so_any_text_survives_the_statement() -> None:
-    for order in HOSTILE_VALID:
-        items = order_params(order)[WRITE_COLUMNS.index("items")]
-        assert items.isascii()
-        assert [i["name"] for i in json.loads(items)] == [i.name for i in order.items]
+def test_batch_json_keeps_order_and_length() -> None:
+    orders = [valid_order(n) for n in range(1, 6)]
+    assert [o["order_id"] for o in json.loads(batch_json(orders))] == [o.order_id for o in orders]
+    assert json.loads(batch_json([])) == []
+
+
+def test_batch_json_is_ascii_so_any_text_survives_the_statement() -> None:
+    text = batch_json(HOSTILE_VALID)
+    assert text.isascii()
+    rows = json.loads(text)
+    for order, row in zip(HOSTILE_VALID, rows, strict=True):
+        assert [i["name"] for i in row["items"]] == [i.name for i in order.items]
 
 
 def stored(order_n: int, **changes: object) -> dict[str, object]:
