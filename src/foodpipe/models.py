@@ -80,21 +80,24 @@ class Order(BaseModel):
     @field_validator("order_id")
     @classmethod
     def _real_date(cls, value: str) -> str:
-        match = _ORDER_ID.match(value)
-        assert match is not None  # the pattern constraint already ran
+        # The pattern constraint already ran: "ORD-" then the eight date digits.
+        digits = value[4:12]
         try:
-            _parse_day(match.group(1))
+            _parse_day(digits)
         except ValueError:
-            raise ValueError(
-                f"order_id date part {match.group(1)} is not a calendar date"
-            ) from None
+            raise ValueError(f"order_id date part {digits} is not a calendar date") from None
         return value
 
     @model_validator(mode="after")
     def _total_matches_items(self) -> Order:
-        expected = sum((item.line_total for item in self.items), Decimal(0)).quantize(CENT)
+        # Runs for every consumed message, so kept lean: a list comprehension over the
+        # fields (no property call per item), and Decimal equality compares values
+        # exactly (27.0 == 27.00), so no quantize unless there is an error to report.
+        expected = sum([item.quantity * item.unit_price for item in self.items], Decimal(0))
         if self.total_amount != expected:
-            raise ValueError(f"total_amount {self.total_amount} != sum of items {expected}")
+            raise ValueError(
+                f"total_amount {self.total_amount} != sum of items {expected.quantize(CENT)}"
+            )
         return self
 
     def to_json(self) -> bytes:

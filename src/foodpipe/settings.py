@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(
         1000, ge=1, le=600_000, description="Consumer: max wait to fill a batch, in ms"
     )
+    batch_linger_ms: int = Field(
+        5,
+        ge=0,
+        le=600_000,
+        description="Consumer: once the messages already fetched are taken, how long to"
+        " wait for more before writing a partial batch, in ms (low: latency; high: bigger"
+        " batches when orders trickle in)",
+    )
     kafka_session_timeout_ms: int = Field(
         45_000,
         ge=6_000,

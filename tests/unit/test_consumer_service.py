@@ -283,6 +283,43 @@ def test_write_then_commit_offset_plus_one_per_partition(h: Harness) -> None:
     assert h.consumer.closed
 
 
+def _write_times(h: Harness) -> list[float]:
+    """When each write happened, in seconds since the loop started."""
+    start = h.clock.now
+    times: list[float] = []
+    h.writer.on_write = lambda: times.append(h.clock.now - start)
+    h.run()
+    return times
+
+
+def test_a_partial_batch_is_written_after_the_linger_not_the_batch_timeout() -> None:
+    h = make_harness()
+    h.service._config = LoopConfig(batch_size=500, batch_timeout_s=1.0, batch_linger_s=0.005)
+    # One order arrives (after a 0.5 s poll slice), then nothing during the linger.
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], [], [msg(0, 2, valid_order(2))]]
+    times = _write_times(h)
+    assert [e[1] for e in h.of("write")] == [["ORD-20250110-00001"], ["ORD-20250110-00002"]]
+    # Written 5 ms after the first order, not 1 s (the batch timeout) after the poll began.
+    assert times[0] == pytest.approx(0.505)
+
+
+def test_orders_arriving_within_the_linger_join_the_batch() -> None:
+    h = make_harness()
+    h.service._config = LoopConfig(batch_size=500, batch_timeout_s=1.0, batch_linger_s=0.005)
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], [msg(1, 1, valid_order(2))], []]
+    _write_times(h)
+    assert [e[1] for e in h.of("write")] == [["ORD-20250110-00001", "ORD-20250110-00002"]]
+
+
+def test_a_zero_linger_writes_as_soon_as_nothing_is_prefetched() -> None:
+    h = make_harness()
+    h.service._config = LoopConfig(batch_size=500, batch_timeout_s=1.0, batch_linger_s=0.0)
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], [msg(0, 2, valid_order(2))]]
+    times = _write_times(h)
+    assert [e[1] for e in h.of("write")] == [["ORD-20250110-00001"], ["ORD-20250110-00002"]]
+    assert times[0] == pytest.approx(0.5)
+
+
 def test_poison_goes_to_the_dlq_before_the_commit_and_valid_neighbours_are_written(
     h: Harness,
 ) -> None:

@@ -101,6 +101,7 @@ class ConsumerApp:
             database=settings.redacted_database_url(),
             batch_size=settings.batch_size,
             batch_timeout_ms=settings.batch_timeout_ms,
+            batch_linger_ms=settings.batch_linger_ms,
         )
         admin = AdminClient(admin_config(settings))
         wait_for_broker(admin, settings, self.wait_s)
@@ -128,6 +129,7 @@ class ConsumerApp:
                 LoopConfig(
                     batch_size=settings.batch_size,
                     batch_timeout_s=settings.batch_timeout_ms / 1000,
+                    batch_linger_s=settings.batch_linger_ms / 1000,
                 ),
                 stats=self.stats,
                 after_db_commit=after_db_commit_hook(),

@@ -8,7 +8,10 @@ message is not safely somewhere (a row in PostgreSQL or a record in the DLQ):
 1. **Poll a batch**: up to ``BATCH_SIZE`` messages, 8 MiB of keys and values, or
    ``BATCH_TIMEOUT_MS``, whichever comes first (``consume()`` without waiting for what
    is prefetched, then waiting for one message at a time, in slices of at most half a
-   second so a stop request is noticed promptly). One batch is in memory at a time.
+   second so a stop request is noticed promptly). When nothing more is prefetched and
+   none arrives within ``BATCH_LINGER_MS`` (5 ms), the batch is written as it is: a
+   light load gets low latency, a backlog still gets full batches. One batch is in
+   memory at a time.
 2. **Decode and validate** each message with the shared ``Order`` model and its business
    rules (:func:`~foodpipe.consumer.decode.decode`). A message that is not a valid order
    becomes a :class:`~foodpipe.errors.PoisonMessage` with a named error class.
@@ -161,6 +164,12 @@ class _NoObserver:
 class LoopConfig:
     batch_size: int = 500
     batch_timeout_s: float = 1.0
+    #: Once the batch has messages and none are waiting in librdkafka's queue, wait at
+    #: most this long in total for more before writing what we have. Waiting the full
+    #: ``batch_timeout_s`` to fill a batch made a light load pay for it in latency
+    #: (measured at 1,000 orders/s: p50 291 ms, p99 621 ms); under a backlog the queue
+    #: is never empty, so batches still fill up.
+    batch_linger_s: float = 0.005
     #: Bytes (keys + values) at which a batch stops growing, whatever its count. The
     #: fetch settings bound what librdkafka prefetches, but messages handed to the loop
     #: leave that budget and librdkafka fetches more: without this, a burst of near-limit
@@ -275,6 +284,7 @@ class ConsumerService:
             "consuming",
             batch_size=self._config.batch_size,
             batch_timeout_ms=round(self._config.batch_timeout_s * 1000),
+            batch_linger_ms=round(self._config.batch_linger_s * 1000),
         )
         try:
             while not self.stopping:
@@ -294,6 +304,7 @@ class ConsumerService:
         # Gathered in self._incoming, not a local list: a revoke inside a later consume()
         # call must be able to drop what an earlier call returned (see _drop).
         deadline = self._clock() + self._config.batch_timeout_s
+        lingering = False
         while (
             len(self._incoming) < self._config.batch_size
             and _batch_bytes(self._incoming) < self._config.batch_max_bytes
@@ -310,6 +321,16 @@ class ConsumerService:
             received = self._consumer.consume(
                 num_messages=self._config.batch_size - len(self._incoming), timeout=0
             )
+            if not received and self._incoming:
+                # Nothing more prefetched, a batch in hand: linger (in total, not per
+                # message) then write it. Orders we hold gain nothing by waiting for
+                # orders not sent yet.
+                if not lingering:
+                    lingering = True
+                    deadline = min(deadline, self._clock() + self._config.batch_linger_s)
+                    remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
             if not received:
                 received = self._consumer.consume(
                     num_messages=1, timeout=min(remaining, self._config.poll_slice_s)
