@@ -181,8 +181,8 @@ def batch_json(batch: Sequence[Order]) -> str:
     return json.dumps(json.loads(data), separators=(",", ":"))
 
 
-class RowRejected(Exception):
-    """Raised inside a savepoint to report which rows the database refused."""
+class _IsolationNeeded(Exception):
+    """A row of the batch was refused: write it again with savepoints, bisecting."""
 
 
 @dataclass(frozen=True)
@@ -254,8 +254,9 @@ class OrderWriter:
        array>) ON CONFLICT (order_id) DO NOTHING RETURNING order_id``: one statement,
        one parameter, whatever the batch size.
     3. If PostgreSQL refuses a row (a constraint or data error, SQLSTATE class 22/23),
-       the batch is bisected inside savepoints of the same transaction until the refused
-       rows are isolated; they are reported in ``rejected`` and the rest is written.
+       that transaction is rolled back and the batch is written again in a new one,
+       bisected inside savepoints until the refused rows are isolated; they are
+       reported in ``rejected`` and the rest is written.
     4. Orders not inserted and not rejected were already stored: duplicates. Their
        stored rows are read back in the same transaction and compared; a different
        payload is a conflict (the stored row is kept).
@@ -268,16 +269,29 @@ class OrderWriter:
         self._engine = engine
 
     def write(self, batch: Sequence[Order]) -> WriteResult:
-        result = WriteResult()
         if not batch:
-            return result
+            return WriteResult()
+        # Almost every batch is accepted whole, so the first attempt runs without the
+        # SAVEPOINT/RELEASE round trips that isolating needs; a refused row aborts that
+        # transaction (rolled back, nothing written) and the batch is written again with
+        # savepoints, bisecting around the refused rows.
+        try:
+            return self._write(batch, isolate=False)
+        except _IsolationNeeded:
+            return self._write(batch, isolate=True)
+
+    def _write(self, batch: Sequence[Order], *, isolate: bool) -> WriteResult:
+        result = WriteResult()
         with self._engine.begin() as conn:
             todo = list(range(len(batch)))
             while todo:
                 first_pos, repeat_pos = dedupe([batch[i].order_id for i in todo])
                 firsts = [todo[p] for p in first_pos]
                 repeats = [todo[p] for p in repeat_pos]
-                inserted, rejected = self._insert_isolating(conn, batch, firsts)
+                if isolate:
+                    inserted, rejected = self._insert_isolating(conn, batch, firsts)
+                else:
+                    inserted, rejected = self._insert_or_give_up(conn, batch, firsts), {}
                 result.inserted.extend(inserted)
                 result.rejected.update(rejected)
                 written = set(inserted)
@@ -294,6 +308,16 @@ class OrderWriter:
         result.inserted.sort()
         result.duplicates.sort()
         return result
+
+    def _insert_or_give_up(
+        self, conn: Connection, batch: Sequence[Order], indexes: list[int]
+    ) -> list[int]:
+        try:
+            return self._insert(conn, batch, indexes)
+        except DBAPIError as exc:
+            if _is_row_error(exc):
+                raise _IsolationNeeded from exc
+            raise
 
     def _insert_isolating(
         self, conn: Connection, batch: Sequence[Order], indexes: list[int]
