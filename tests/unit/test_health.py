@@ -86,22 +86,22 @@ def test_arguments(argv: list[str], field_name: str, value: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "message"),
     [
-        ["health", "--max-lag", "-1"],
-        ["health", "--max-lag", "many"],
-        ["health", "--timeout", "0"],
-        ["health", "--wait", "-1"],
-        ["health", "--wait", "soon"],
+        (["health", "--max-lag", "-1"], "argument --max-lag: -1 must be at least 0"),
+        (["health", "--max-lag", "many"], "argument --max-lag: 'many' is not a whole number"),
+        (["health", "--timeout", "0"], "argument --timeout: '0' must be a finite number > 0"),
+        (["health", "--wait", "-1"], "argument --wait: '-1' must be a finite number >= 0"),
+        (["health", "--wait", "soon"], "argument --wait: 'soon' is not a number"),
     ],
 )
 def test_bad_arguments_are_usage_errors(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(argv)
     assert exc.value.code == 2
-    assert "expected" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1].endswith(message)
 
 
 # ---------------------------------------------------------------- checks, with stand-ins

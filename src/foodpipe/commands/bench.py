@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from foodpipe.bench.report import (
 )
 from foodpipe.bench.runner import Bench, BenchConfig
 from foodpipe.bench.scratch import scratch_databases
+from foodpipe.commands.argtypes import number, whole
 from foodpipe.errors import FatalError
 from foodpipe.kafka import admin_config, wait_for_broker
 from foodpipe.log import configure_logging, get_logger
@@ -56,83 +56,53 @@ class StackUnavailable(FatalError):
     """Kafka or PostgreSQL cannot be used; ``str()`` is one line."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 < value < 3600:
-        raise argparse.ArgumentTypeError(f"{value} must be more than 0 and less than 3600")
-    return value
-
-
-def _at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = _positive_int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} must be at least {low}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchConfig()
     parser.add_argument(
         "--orders",
-        type=_at_least(100),
+        type=whole(low=100),
         default=defaults.orders,
         metavar="N",
         help=f"orders to pre-load and drain; rows per DB ceiling (default {defaults.orders:,})",
     )
     parser.add_argument(
         "--runs",
-        type=_positive_int,
+        type=whole(low=1),
         default=defaults.runs,
         metavar="R",
         help=f"repetitions of every measurement (default {defaults.runs})",
     )
     parser.add_argument(
         "--naive-rows",
-        type=_positive_int,
+        type=whole(low=1),
         default=defaults.naive_rows,
         metavar="N",
         help=f"rows of the one-commit-per-row ceiling (default {defaults.naive_rows:,})",
     )
     parser.add_argument(
         "--page-size",
-        type=_positive_int,
+        type=whole(low=1),
         default=defaults.page_size,
         metavar="N",
         help=f"rows per DB-BATCH statement (default {defaults.page_size})",
     )
     parser.add_argument(
         "--kafka-records",
-        type=_positive_int,
+        type=whole(low=1),
         default=None,
         metavar="N",
         help="records for Kafka's ProducerPerformance (default: --orders)",
     )
     parser.add_argument(
         "--window",
-        type=_positive_float,
+        type=number(above=0, below=3600),
         default=defaults.window_s,
         metavar="SECONDS",
         help=f"measurement window of the fixed-rate runs (default {defaults.window_s:g})",
     )
     parser.add_argument(
         "--warmup",
-        type=_positive_float,
+        type=number(above=0, below=3600),
         default=defaults.warmup_s,
         metavar="SECONDS",
         help=f"warm-up before each window (default {defaults.warmup_s:g})",

@@ -40,6 +40,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from foodpipe.commands.argtypes import number, whole
 from foodpipe.kafka import admin_config
 from foodpipe.log import configure_logging, scrub
 from foodpipe.offsets import KafkaView, TopicMissing
@@ -103,14 +104,14 @@ class Thresholds:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-lag",
-        type=_non_negative_int,
+        type=whole(low=0),
         default=1000,
         metavar="N",
         help="unhealthy when the group lags more than N messages (default 1000)",
     )
     parser.add_argument(
         "--min-members",
-        type=_non_negative_int,
+        type=whole(low=0),
         default=1,
         metavar="N",
         help="unhealthy when the group has fewer than N active members (default 1; "
@@ -118,14 +119,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=number(above=0),
         default=10.0,
         metavar="SECONDS",
         help="deadline of each request to Kafka or PostgreSQL (default 10)",
     )
     parser.add_argument(
         "--wait",
-        type=_non_negative_float,
+        type=number(low=0),
         default=0.0,
         metavar="SECONDS",
         help="re-check every 2 s until healthy or SECONDS have passed (default 0: check once)",
@@ -394,34 +395,3 @@ def render_text(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     return json.dumps(report.to_dict(), sort_keys=True) + "\n"
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return number
-
-
-def _non_negative_float(value: str) -> float:
-    number = _float(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = _float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected more than 0, got {value}")
-    return number
-
-
-def _float(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None

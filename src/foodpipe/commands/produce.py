@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
+from foodpipe.commands.argtypes import number, whole
 from foodpipe.errors import FatalError
 from foodpipe.kafka import (
     admin_config,
@@ -36,47 +36,24 @@ from foodpipe.producer.stats import ProducerStats
 from foodpipe.settings import Settings
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number >= 0")
-    return value
-
-
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate",
-        type=_non_negative_float,
+        type=number(low=0),
         default=None,
         metavar="R",
         help="orders per second (default: ORDER_RATE, 10); 0 means as fast as possible",
     )
     parser.add_argument(
         "--count",
-        type=_int_range(1, 10**12),
+        type=whole(1, 10**12),
         default=None,
         metavar="N",
         help="stop once N orders have been sent and confirmed (default: run until SIGTERM)",
     )
     parser.add_argument(
         "--seed",
-        type=_int_range(0, 2**63 - 1),
+        type=whole(0, 2**63 - 1),
         default=None,
         metavar="S",
         help="seed of the order contents: the same seed gives the same customers, items,"
@@ -84,28 +61,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-items",
-        type=_int_range(1, len(MENU)),
+        type=whole(1, len(MENU)),
         default=5,
         metavar="N",
         help="most distinct dishes per order (default 5)",
     )
     parser.add_argument(
         "--max-quantity",
-        type=_int_range(1, 1000),
+        type=whole(1, 1000),
         default=3,
         metavar="Q",
         help="largest quantity of one dish (default 3)",
     )
     parser.add_argument(
         "--wait",
-        type=_non_negative_float,
+        type=number(low=0),
         default=30.0,
         metavar="SECONDS",
         help="how long to wait for a broker at start (default 30)",
     )
     parser.add_argument(
         "--flush-timeout",
-        type=_non_negative_float,
+        type=number(low=0),
         default=8.0,
         metavar="SECONDS",
         # Docker sends SIGKILL 10 s after SIGTERM by default; 8 s leaves time to log

@@ -36,6 +36,7 @@ from rich.text import Text
 from sqlalchemy import ColumnElement, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from foodpipe.commands.argtypes import number
 from foodpipe.db import make_engine, orders
 from foodpipe.kafka import admin_config, wait_for_broker
 from foodpipe.log import configure_logging, scrub
@@ -81,14 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--interval",
-        type=_positive_float,
+        type=number(above=0),
         default=2.0,
         metavar="SECONDS",
         help="refresh interval of --watch (default 2)",
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=number(above=0),
         default=10.0,
         metavar="SECONDS",
         help="deadline of each request to Kafka or PostgreSQL (default 10)",
@@ -335,13 +336,3 @@ def render(snapshot: Snapshot, previous: Snapshot | None = None) -> RenderableTy
         lines.add_row("offsets moving", f"produced {rates[0]:.1f}/s, consumed {rates[1]:.1f}/s")
     parts.append(lines)
     return Group(*parts)
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected more than 0, got {value}")
-    return number
