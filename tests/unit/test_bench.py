@@ -37,7 +37,7 @@ CONDITIONS: dict[str, Any] = {
     },
     "postgres_settings": {"synchronous_commit": "on"},
     "producer": {"acks": "all", "linger.ms": 10, "compression.type": "lz4"},
-    "consumer": {"batch_size": 500, "batch_timeout_ms": 1000},
+    "consumer": {"batch_size": 500, "batch_timeout_ms": 1000, "batch_linger_ms": 5},
     "bench": {
         "orders": 1000,
         "runs": 2,
@@ -121,6 +121,7 @@ def test_markdown_has_every_table_and_marks_missed_targets() -> None:
     values.update(drain_1=1000.0, db_copy=100_000.0, db_naive=2000.0, e2e_1000_p99=250.0)
     markdown = render_markdown(document(record(1, **values)), Path("2026-01-01.png"))
     assert "| measurement | median | min | max | spread | unit |" in markdown
+    assert "BATCH_SIZE=500, BATCH_TIMEOUT_MS=1000, BATCH_LINGER_MS=5; producer" in markdown
     assert "| drain_1 / db_copy | 0.01 |" in markdown
     assert "| end-to-end p99 <= 100 ms at 1000/s | 250 | median | MISSED |" in markdown
     assert "not reached (aim)" in markdown

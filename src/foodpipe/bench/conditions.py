@@ -110,6 +110,7 @@ def collect(
         "consumer": {
             "batch_size": settings.batch_size,
             "batch_timeout_ms": settings.batch_timeout_ms,
+            "batch_linger_ms": settings.batch_linger_ms,
             **{
                 key: consumer[key]
                 for key in ("fetch.max.bytes", "queued.max.messages.kbytes")

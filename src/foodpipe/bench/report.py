@@ -158,7 +158,13 @@ def render_markdown(document: dict[str, Any], chart: Path | None = None) -> str:
         f"{b['orders']:,} orders of {b['mean_order_bytes']:.0f} B mean, {b['runs']} run(s);"
         f" DB-NAIVE over {b['naive_rows']:,} rows; DB-BATCH pages of {b['db_batch_page_rows']}"
         f" rows; consumer BATCH_SIZE={c['consumer']['batch_size']},"
-        f" BATCH_TIMEOUT_MS={c['consumer']['batch_timeout_ms']}; producer"
+        f" BATCH_TIMEOUT_MS={c['consumer']['batch_timeout_ms']}"
+        + (
+            f", BATCH_LINGER_MS={c['consumer']['batch_linger_ms']}"
+            if "batch_linger_ms" in c["consumer"]
+            else ""
+        )
+        + "; producer"
         f" linger.ms={c['producer'].get('linger.ms')},"
         f" compression={c['producer'].get('compression.type')}, acks={c['producer'].get('acks')};"
         f" rate windows of {b['rate_window_s']:g} s after {b['rate_warmup_s']:g} s of warm-up.",
