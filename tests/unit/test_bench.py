@@ -131,6 +131,17 @@ def test_markdown_has_every_table_and_marks_missed_targets() -> None:
     )
 
 
+def test_a_percentages_spread_is_in_points_not_relative_to_a_median_near_0() -> None:
+    runs = [
+        record(i, **{**dict.fromkeys(METRICS, 1.0), "rate_10_error": error})
+        for i, error in enumerate((0.01, -0.03, 0.02), start=1)
+    ]
+    markdown = render_markdown(document(*runs), Path("x.png"))
+    row = next(line for line in markdown.splitlines() if "| rate error at --rate 10 |" in line)
+    assert row.endswith("| 0.05 pp | % |"), row
+    assert "| drain, 1 consumer (start to lag 0) | 1.00 | 1.00 | 1.00 | 0.0% |" in markdown
+
+
 def test_producer_performance_summary_is_parsed_from_the_last_line() -> None:
     output = (
         "150000 records sent, 29994.0 records/sec (9.52 MB/sec), 12.1 ms avg latency,"

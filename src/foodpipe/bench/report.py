@@ -142,6 +142,12 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return text
 
 
+def _spread(entry: dict[str, Any], unit: str) -> str:
+    if unit == "%":
+        return f"{entry['max'] - entry['min']:.2f} pp"
+    return f"{entry['spread_pct']:.1f}%"
+
+
 def render_markdown(document: dict[str, Any], chart: Path | None = None) -> str:
     c = document["conditions"]
     v = c["versions"]
@@ -169,8 +175,9 @@ def render_markdown(document: dict[str, Any], chart: Path | None = None) -> str:
         f" compression={c['producer'].get('compression.type')}, acks={c['producer'].get('acks')};"
         f" rate windows of {b['rate_window_s']:g} s after {b['rate_warmup_s']:g} s of warm-up.",
         "",
-        "Figures are the median of the runs; spread is (max - min) / median. Ratios are taken"
-        " within each run, then summarised.",
+        "Figures are the median of the runs; spread is (max - min) / median, or for figures"
+        " that are themselves percentages (max - min) in percentage points (pp), since"
+        " their median can be near 0. Ratios are taken within each run, then summarised.",
         "",
         "| measurement | median | min | max | spread | unit |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
@@ -179,7 +186,7 @@ def render_markdown(document: dict[str, Any], chart: Path | None = None) -> str:
         unit = entry["unit"]
         lines.append(
             f"| {entry['label']} | {_fmt(entry['median'], unit)} | {_fmt(entry['min'], unit)}"
-            f" | {_fmt(entry['max'], unit)} | {entry['spread_pct']:.1f}% | {unit} |"
+            f" | {_fmt(entry['max'], unit)} | {_spread(entry, unit)} | {unit} |"
         )
     lines += [
         "",
