@@ -546,13 +546,21 @@ class Fault:
         """The fault just ended: recovery is measured from now to the backlog committed."""
         self._cleared = (time.monotonic(), end_offsets(self.bootstrap, self.pipeline.topic))
 
-    def wait_recovered(self, timeout: float = 90) -> float:
-        """Wait until the group committed everything on the log when the fault cleared."""
+    def wait_recovered(
+        self, timeout: float = 90, supervise: Callable[[], None] | None = None
+    ) -> float:
+        """Wait until the group committed everything on the log when the fault cleared.
+
+        ``supervise`` runs at every poll, e.g. to restart a consumer that exited, as the
+        Compose restart policy does for the real service.
+        """
         assert self._cleared is not None, "call cleared() when the fault ends"
         since, ends = self._cleared
         probe = OffsetProbe(self.bootstrap, self.pipeline.group, self.pipeline.topic)
 
         def caught_up() -> bool:
+            if supervise is not None:
+                supervise()
             try:
                 committed = probe()
             except Exception:

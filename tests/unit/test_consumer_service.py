@@ -90,6 +90,8 @@ class FakeConsumer:
     assigned: list[tuple[str, int]] = field(default_factory=list)
     paused: set[tuple[str, int]] = field(default_factory=set)
     service: ConsumerService | None = None
+    #: A stalled coordinator: commit outcomes are held back until this is cleared.
+    coordinator_silent: bool = False
     callbacks: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
 
@@ -150,7 +152,7 @@ class FakeConsumer:
     def serve_reports(self) -> None:
         """Deliver commit outcomes, as librdkafka does inside consume() and poll()."""
         assert self.service is not None
-        while self.reports:
+        while self.reports and not self.coordinator_silent:
             error, offsets = self.reports.pop(0)
             self.service.on_commit(error, offsets)
 
@@ -536,6 +538,80 @@ def test_a_partition_assigned_while_waiting_is_paused_and_its_messages_kept(h: H
 
 
 # ----------------------------------------------------------------------------- offset commits
+
+
+def test_one_commit_in_flight_at_a_time_the_next_carries_the_latest_offsets(
+    h: Harness,
+) -> None:
+    def answer() -> list[Msg]:
+        h.consumer.coordinator_silent = False
+        return [msg(0, 3, valid_order(3))]
+
+    h.consumer.coordinator_silent = True
+    h.consumer.steps = [
+        [msg(0, 1, valid_order(1))],
+        [],
+        [msg(0, 2, valid_order(2))],
+        [],
+        answer,
+        [],
+    ]
+    h.run()
+    # Batch 2 was written while batch 1's commit had no answer: its offset waited, and
+    # went out with the next commit after the answer, which carried offset 3 already.
+    commits = [e[1] for e in h.of("commit")]
+    assert commits[:2] == [{(0, 2)}, {(0, 4)}]
+    assert [e[1] for e in h.of("write")] == [
+        ["ORD-20250110-00001"],
+        ["ORD-20250110-00002"],
+        ["ORD-20250110-00003"],
+    ]
+
+
+def test_a_commit_never_answered_is_sent_again_after_a_while(h: Harness) -> None:
+    h.consumer.coordinator_silent = True
+    quiet: list[Step] = [[] for _ in range(200)]  # 200 polls of 0.5 s: 100 s
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], [], [msg(0, 2, valid_order(2))], *quiet]
+    h.run()
+    # The first commit is never answered; after _COMMIT_ANSWER_S (90 s) of polling the
+    # newer offset goes out asynchronously, and once more, synchronously, at shutdown
+    # (that one too is unanswered by the silent coordinator).
+    assert [e[1] for e in h.of("commit")] == [{(0, 2)}, {(0, 3)}, {(0, 3)}]
+
+
+def _quiet(seconds: float) -> list[Step]:
+    return [[] for _ in range(int(seconds / 0.5))]  # each empty poll waits a 0.5 s slice
+
+
+def test_a_member_that_never_gets_back_into_the_group_stops_with_a_fatal_error(
+    h: Harness,
+) -> None:
+    h.service._config = LoopConfig(rejoin_timeout_s=60.0)
+
+    def lost() -> list[Msg]:
+        h.consumer.revoke(list(h.consumer.assigned), lost=True)
+        return []
+
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], lost, *_quiet(70)]
+    with pytest.raises(FatalError, match=r"lost its partitions 6[0-9]s ago"):
+        h.run()
+    assert h.consumer.closed  # cleanup still ran
+
+
+def test_a_member_taken_back_into_the_group_keeps_running(h: Harness) -> None:
+    h.service._config = LoopConfig(rejoin_timeout_s=60.0)
+
+    def lost() -> list[Msg]:
+        h.consumer.revoke(list(h.consumer.assigned), lost=True)
+        return []
+
+    def back() -> list[Msg]:
+        h.consumer.assign([(TOPIC, p) for p in range(3)])
+        return []
+
+    h.consumer.steps = [lost, *_quiet(50), back, *_quiet(70), [msg(0, 1, valid_order(1))]]
+    h.run()
+    assert [e[1] for e in h.of("write")] == [["ORD-20250110-00001"]]
 
 
 def test_a_failed_commit_is_retried_on_the_next_iteration(h: Harness) -> None:

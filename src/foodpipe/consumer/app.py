@@ -130,6 +130,8 @@ class ConsumerApp:
                     batch_size=settings.batch_size,
                     batch_timeout_s=settings.batch_timeout_ms / 1000,
                     batch_linger_s=settings.batch_linger_ms / 1000,
+                    # Rejoining normally takes a session timeout or two.
+                    rejoin_timeout_s=max(60.0, 3 * settings.kafka_session_timeout_ms / 1000),
                 ),
                 stats=self.stats,
                 after_db_commit=after_db_commit_hook(),

@@ -185,6 +185,12 @@ class LoopConfig:
     #: Attempts before an error classified fatal stops the process. More than one,
     #: because during a deployment a migration may create the table seconds later.
     fatal_attempts: int = 3
+    #: After librdkafka declared this member dead (``on_lost``), how long to wait for a
+    #: new assignment before giving up on this client: exit non-zero (fatal), and the
+    #: supervisor (Compose ``restart: on-failure``) starts a fresh one. After a broker
+    #: stalled (SIGSTOP for 30 s in fault case 7) librdkafka 2.16 sometimes never
+    #: rejoined the group: the process idled for ever with lag growing.
+    rejoin_timeout_s: float = 120.0
 
 
 @dataclass
@@ -198,6 +204,11 @@ class Entry:
     @property
     def partition_key(self) -> PartitionKey:
         return _msg_key(self.message)
+
+
+#: librdkafka answers every commit, at the latest with a timeout error after
+#: socket.timeout.ms (60 s); an in-flight commit older than this is given up on.
+_COMMIT_ANSWER_S = 90.0
 
 
 def _tp_key(tp: TopicPartition) -> PartitionKey:
@@ -255,8 +266,12 @@ class ConsumerService:
         self._pending: dict[PartitionKey, int] = {}
         #: Offsets sent in an asynchronous commit whose outcome is not known yet.
         self._committing: dict[PartitionKey, int] = {}
+        #: When the last asynchronous commit was sent (see _COMMIT_ANSWER_S).
+        self._commit_sent_at = float("-inf")
         self._paused = False
         self._last_warning: dict[str, float] = {}
+        #: When on_lost last fired without an assignment since (see rejoin_timeout_s).
+        self._lost_at: float | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -295,6 +310,7 @@ class ConsumerService:
                 # Not held while the next batch is gathered: one batch in memory at a time.
                 del messages
                 self._maybe_log_summary()
+                self._check_membership()
         finally:
             self._shutdown()
 
@@ -488,11 +504,12 @@ class ConsumerService:
     def _commit_pending(self, only: set[PartitionKey] | None = None, *, wait: bool = False) -> None:
         """Commit the written offsets of partitions we still own.
 
-        Asynchronously: the outcome arrives in :meth:`on_commit`; offsets already on
-        their way are not sent again until it does. A commit that fails for a passing
-        reason (coordinator moving, rebalance in progress) keeps its offsets pending for
-        the next iteration; the rows are written, so the only cost of a lost commit is a
-        redelivery that the idempotent insert absorbs. ``wait=True`` (shutdown only)
+        Asynchronously: the outcome arrives in :meth:`on_commit`; until it does, no
+        other commit is sent (except for partitions being revoked). A commit that fails
+        for a passing reason (coordinator moving, rebalance in progress) keeps its
+        offsets pending for the next iteration; the rows are written, so the only cost
+        of a lost commit is a redelivery that the idempotent insert absorbs.
+        ``wait=True`` (shutdown only)
         commits synchronously and settles the outcome at once; an asynchronous commit
         still on its way then is completed by ``close()``, which waits for it.
         """
@@ -500,6 +517,16 @@ class ConsumerService:
         for key in keys:
             if key not in self._assigned:
                 del self._pending[key]  # no longer ours: its new owner decides
+        if self._committing and self._clock() - self._commit_sent_at > _COMMIT_ANSWER_S:
+            self._committing.clear()  # never answered: send the offsets again
+        if self._committing and only is None and not wait:
+            # One commit request in flight at a time: the next one carries the latest
+            # offsets anyway. Sending one per batch while the coordinator did not answer
+            # (a stalled broker) queued dozens of OffsetCommit requests on its connection,
+            # holding back the heartbeats behind them; after such a stall the member was
+            # seen to lose its partitions and never rejoin. Revocations still commit at
+            # once: it is the last moment we own those partitions.
+            return
         offsets = [
             TopicPartition(topic, partition, self._pending[(topic, partition)])
             for topic, partition in keys
@@ -519,6 +546,7 @@ class ConsumerService:
         if wait:
             self._settle_commit(None, committed or offsets)
         else:
+            self._commit_sent_at = self._clock()
             for tp in offsets:
                 self._committing[_tp_key(tp)] = tp.offset
 
@@ -600,6 +628,7 @@ class ConsumerService:
     # ------------------------------------------------------------------ rebalances
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._lost_at = None  # back in the group
         added = {_tp_key(tp) for tp in partitions}
         self._assigned |= added
         self._observer.set_assignment(self._assigned)
@@ -631,6 +660,7 @@ class ConsumerService:
         )
 
     def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._lost_at = self._clock()
         lost = {_tp_key(tp) for tp in partitions}
         self.stats.rebalances += 1
         dropped = self._drop(lost)
@@ -668,6 +698,16 @@ class ConsumerService:
         # pending offsets were just committed), so the partitions move at once.
         self._consumer.close()
         self._log.info("consumer closed", **self.stats.snapshot())
+
+    def _check_membership(self) -> None:
+        if self._lost_at is None:
+            return
+        waited = self._clock() - self._lost_at
+        if waited > self._config.rejoin_timeout_s:
+            raise FatalError(
+                f"this member lost its partitions {waited:.0f}s ago and the group never took"
+                " it back; exiting so that a restart rejoins with a fresh Kafka client"
+            )
 
     def _maybe_log_summary(self) -> None:
         if self.stats.due(self._config.summary_interval_s):
