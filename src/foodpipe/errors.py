@@ -35,3 +35,12 @@ class FatalError(FoodpipeError):
     """Stop the process with a non-zero exit code."""
 
     exit_code = 3
+
+
+class MembershipLost(FatalError):
+    """The group never took this consumer back after declaring it dead.
+
+    Its Kafka client is wedged: closing it blocks on a coordinator connection that no
+    longer answers, so the process leaves without closing it (nothing is owned, nothing
+    is uncommitted that matters: see ``ConsumerService._check_membership``).
+    """

@@ -8,10 +8,14 @@ A thin entrypoint: it installs the signal handlers and hands over to
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 from types import FrameType
 
 from foodpipe.consumer.app import ConsumerApp
+from foodpipe.errors import MembershipLost
+from foodpipe.log import scrub
 from foodpipe.settings import Settings
 
 
@@ -34,4 +38,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    return app.run()
+    try:
+        return app.run()
+    except MembershipLost as exc:
+        # A normal exit would finalise the wedged Kafka client, and its destructor
+        # blocks on the coordinator like close() does: leave at once, after the one
+        # line the CLI prints for every fatal error. Writes and dead letters of past
+        # batches are committed; the supervisor starts a fresh process.
+        sys.stderr.write(f"foodpipe: {scrub(str(exc))}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exc.exit_code)

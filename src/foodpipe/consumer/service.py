@@ -98,7 +98,7 @@ from foodpipe.consumer.decode import decode
 from foodpipe.consumer.dlq import KafkaMessage
 from foodpipe.consumer.stats import ConsumerStats
 from foodpipe.db import WriteResult
-from foodpipe.errors import FatalError, FoodpipeError, PoisonMessage
+from foodpipe.errors import FatalError, FoodpipeError, MembershipLost, PoisonMessage
 from foodpipe.log import get_logger, scrub
 from foodpipe.models import Order
 
@@ -689,6 +689,12 @@ class ConsumerService:
     # ------------------------------------------------------------------ shutdown, logs
 
     def _shutdown(self) -> None:
+        if self._lost_at is not None and not self._assigned and not self.stopping:
+            # Out of the group and the client wedged (see _check_membership): close()
+            # would block on the dead coordinator connection. Nothing is owned, so there
+            # is nothing to commit or hand over.
+            self._log.info("consumer abandoned (not closed)", **self.stats.snapshot())
+            return
         try:
             # The last commit waits for its answer: nothing polls after close().
             self._commit_pending(wait=True)
@@ -704,7 +710,7 @@ class ConsumerService:
             return
         waited = self._clock() - self._lost_at
         if waited > self._config.rejoin_timeout_s:
-            raise FatalError(
+            raise MembershipLost(
                 f"this member lost its partitions {waited:.0f}s ago and the group never took"
                 " it back; exiting so that a restart rejoins with a fresh Kafka client"
             )
