@@ -612,6 +612,9 @@ class ConsumerService:
             if remaining <= 0:
                 return True
             message = self._consumer.poll(min(remaining, self._config.poll_slice_s))
+            # Offsets of batches written before the failure may still be held back behind
+            # a commit that was in flight: send them once it is answered.
+            self._commit_pending()
             # A partition assigned during the wait is not paused yet; pause it now.
             self._pause()
             if message is not None:
