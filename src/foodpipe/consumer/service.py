@@ -272,6 +272,8 @@ class ConsumerService:
         self._last_warning: dict[str, float] = {}
         #: When on_lost last fired without an assignment since (see rejoin_timeout_s).
         self._lost_at: float | None = None
+        #: Set when giving up on a wedged client: shutdown must not touch it.
+        self._abandoned = False
 
     # ------------------------------------------------------------------ public
 
@@ -509,9 +511,9 @@ class ConsumerService:
         for a passing reason (coordinator moving, rebalance in progress) keeps its
         offsets pending for the next iteration; the rows are written, so the only cost
         of a lost commit is a redelivery that the idempotent insert absorbs.
-        ``wait=True`` (shutdown only)
-        commits synchronously and settles the outcome at once; an asynchronous commit
-        still on its way then is completed by ``close()``, which waits for it.
+        ``wait=True`` (shutdown only) commits synchronously and settles the outcome at
+        once; an asynchronous commit still on its way then is completed by ``close()``,
+        which waits for it.
         """
         keys = [k for k in self._pending if (only is None or k in only)]
         for key in keys:
@@ -692,7 +694,7 @@ class ConsumerService:
     # ------------------------------------------------------------------ shutdown, logs
 
     def _shutdown(self) -> None:
-        if self._lost_at is not None and not self._assigned and not self.stopping:
+        if self._abandoned:
             # Out of the group and the client wedged (see _check_membership): close()
             # would block on the dead coordinator connection. Nothing is owned, so there
             # is nothing to commit or hand over.
@@ -713,6 +715,7 @@ class ConsumerService:
             return
         waited = self._clock() - self._lost_at
         if waited > self._config.rejoin_timeout_s:
+            self._abandoned = True
             raise MembershipLost(
                 f"this member lost its partitions {waited:.0f}s ago and the group never took"
                 " it back; exiting so that a restart rejoins with a fresh Kafka client"
