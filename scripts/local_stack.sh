@@ -9,6 +9,7 @@
 #   stop             stop everything this stack started; leaves no process behind
 #   status           what runs, the topics and the orders table; exit 1 if something is down
 #   env              print the KEY=VALUE settings only
+#   kafka-jars       resolve the Kafka jars only (idempotent) and print their folder
 #   kafka-kill N     SIGKILL broker N          kafka-stop N / kafka-cont N   SIGSTOP / SIGCONT
 #   kafka-start N    start broker N again      kafka-term N                  SIGTERM and wait
 #   pg-stop          pg_ctl stop -m immediate  pg-start                      start PostgreSQL again
@@ -406,6 +407,7 @@ main() {
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) print_env ;;
+    kafka-jars) fetch_kafka; echo "$LIBS" ;;
     kafka-kill)
       # Wait until it is gone: a JVM takes a moment to die, and a kafka-start right
       # after would otherwise find the old pid alive and start nothing.
