@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image for every foodpipe service; the command picks the role:
 #   docker run --rm foodpipe:local topics | produce | consume | health | config
 #

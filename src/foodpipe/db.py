@@ -435,7 +435,10 @@ def wait_for_database(engine: Engine, timeout_s: float) -> None:
                 elif code == "42501":
                     hint = "the role may not read orders; apply src/database/app_role.sql"
                 elif refused:
-                    hint = "authentication refused; check the user and password in DATABASE_URL"
+                    hint = (
+                        "authentication refused; check the user and password"
+                        " (DATABASE_URL, or POSTGRES_USER and POSTGRES_PASSWORD)"
+                    )
                 else:
                     hint = "is PostgreSQL running? check DATABASE_URL / POSTGRES_HOST"
                 raise DatabaseUnavailable(

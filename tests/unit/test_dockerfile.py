@@ -23,6 +23,7 @@ from ..compose_support import (
     DOCKERFILE,
     dockerfile_instructions,
     dockerignore_excludes,
+    example_env,
     load_compose,
     service_env,
 )
@@ -148,11 +149,31 @@ def test_the_state_directory_exists_and_is_owned_by_the_service_user() -> None:
 
 
 def test_compose_builds_this_dockerfile() -> None:
+    arg_default = next(
+        args.split("=", 1)[1]
+        for keyword, args in dockerfile_instructions()
+        if keyword == "ARG" and args.startswith("PYTHON_IMAGE=")
+    )
     for name in COMPOSE_FILES:
-        for service in load_compose(name)["services"].values():
+        for service in load_compose(name, example_env())["services"].values():
             if "build" in service:
-                assert service["build"] == {"context": "."}
+                # The base image is a build argument whose default is the Dockerfile's own:
+                # users build FROM the official python image, the docker tests from a
+                # local stand-in (PYTHON_IMAGE), without editing the Dockerfile.
+                assert service["build"] == {
+                    "context": ".",
+                    "args": {"PYTHON_IMAGE": arg_default},
+                }
+                # Never looked up in a registry (Compose v2 would try before building).
+                assert service["pull_policy"] == "build"
                 assert (REPO / "Dockerfile").is_file()
+
+
+def test_no_syntax_directive_that_needs_a_registry() -> None:
+    """`# syntax=...` makes BuildKit (Compose v2) fetch a frontend image before building,
+    which fails wherever no registry answers; the Dockerfile needs no such frontend."""
+    first_lines = (REPO / "Dockerfile").read_text().splitlines()[:5]
+    assert not [line for line in first_lines if line.lower().startswith("# syntax=")]
 
 
 # ---------------------------------------------------------------- build context
