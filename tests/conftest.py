@@ -2,9 +2,15 @@
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` (plus ``DATABASE_ADMIN_URL`` when
    the app URL may not create databases) in the environment: use those services.
-2. Otherwise, when a Docker engine answers: testcontainers (apache/kafka in KRaft
-   mode, the official postgres image).
+2. Otherwise, when a Docker engine answers and the images named by ``KAFKA_IMAGE`` and
+   ``POSTGRES_IMAGE`` (default: the official apache/kafka and postgres images) are on it:
+   testcontainers. An image is never pulled: where no registry answers, the docker suite
+   builds local stand-ins (scripts/docker_images.sh) and names them in those variables.
 3. Otherwise: ``scripts/local_stack.sh start`` runs both as local processes.
+
+``FOODPIPE_TEST_STACK=local`` or ``=containers`` forces 3 or 2 (``containers`` fails with
+one line when it cannot be had). scripts/test.sh sets ``local``: the fault suite controls
+the broker and database processes, which it can do only with the local stack.
 
 Services start once per session. Factory fixtures give each test its own topic, DLQ
 topic, consumer group and database, so tests never see each other's data.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,8 +41,8 @@ from .support import REPO
 
 APP_ROLE = "foodpipe_test_app"
 TEMPLATE_DB = "foodpipe_test_template"
-KAFKA_IMAGE = "apache/kafka:4.1.1"
-POSTGRES_IMAGE = "postgres:16-alpine"
+KAFKA_IMAGE = os.environ.get("KAFKA_IMAGE", "apache/kafka:4.3.1")
+POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:16-alpine")
 
 
 @dataclass
@@ -82,6 +89,34 @@ def _docker_answers() -> bool:
     return True
 
 
+def _images_present() -> bool:
+    """Both images are on the engine already: testcontainers would otherwise pull them."""
+    import docker
+
+    client = docker.from_env(timeout=10)
+    try:
+        for name in (KAFKA_IMAGE, POSTGRES_IMAGE):
+            client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _use_containers() -> bool:
+    choice = os.environ.get("FOODPIPE_TEST_STACK", "auto")
+    if choice == "local":
+        return False
+    usable = _docker_answers() and _images_present()
+    if choice == "containers" and not usable:
+        pytest.fail(
+            f"FOODPIPE_TEST_STACK=containers, but no Docker engine answers or {KAFKA_IMAGE} /"
+            f" {POSTGRES_IMAGE} are not on it; run scripts/docker_engine.sh start and"
+            " scripts/docker_images.sh, and set KAFKA_IMAGE/POSTGRES_IMAGE to what it prints",
+            pytrace=False,
+        )
+    return usable
+
+
 def _parse_env(text_out: str) -> dict[str, str]:
     return dict(
         line.split("=", 1) for line in text_out.splitlines() if re.match(r"^[A-Z_]+=", line)
@@ -95,7 +130,7 @@ def stack() -> Iterator[Stack]:
     if bootstrap and db_url:
         yield Stack(bootstrap, os.environ.get("DATABASE_ADMIN_URL", db_url), "environment")
         return
-    if _docker_answers():
+    if _use_containers():
         yield from _containers()
         return
     script = str(REPO / "scripts" / "local_stack.sh")
@@ -117,14 +152,46 @@ def stack() -> Iterator[Stack]:
 
 
 def _containers() -> Iterator[Stack]:
-    from testcontainers.kafka import KafkaContainer
+    """Kafka and PostgreSQL in containers, through the images' documented interfaces.
+
+    testcontainers' own KafkaContainer drives Confluent's image (its start script lives
+    in /etc/confluent), so Kafka runs as a generic container configured the way the
+    apache/kafka image documents: KAFKA_* variables and CLUSTER_ID, advertised on a
+    fixed host port chosen here, because a client reconnects to the advertised address.
+    """
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
     from testcontainers.postgres import PostgresContainer
 
-    with (
-        KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka,
-        PostgresContainer(POSTGRES_IMAGE, driver="psycopg2") as pg,
-    ):
-        yield Stack(kafka.get_bootstrap_server(), pg.get_connection_url(), "testcontainers")
+    # The reaper container (testcontainers/ryuk) would need a pull; the context managers
+    # below remove both containers instead.
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    kafka_env = {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://127.0.0.1:{port}",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_HEAP_OPTS": "-Xmx512m",
+        "CLUSTER_ID": "qua9uwnESoiKaGd_j49ZsQ",
+    }
+    kafka = DockerContainer(KAFKA_IMAGE).with_bind_ports(9092, port)
+    for key, value in kafka_env.items():
+        kafka.with_env(key, value)
+    kafka.waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(120))
+    with kafka, PostgresContainer(POSTGRES_IMAGE, driver="psycopg2") as pg:
+        yield Stack(f"127.0.0.1:{port}", pg.get_connection_url(), "testcontainers")
 
 
 @pytest.fixture(scope="session")
