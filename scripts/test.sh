@@ -2,6 +2,11 @@
 # The test command (CI runs exactly this): install what is missing, lint, type-check,
 # then run every test against real Kafka and PostgreSQL with coverage (>= 80% enforced).
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not fault" -x
+#
+# The docker suite (tests/docker) runs the Compose files in a real engine: if none
+# answers, scripts/docker_engine.sh starts one (installing Debian's docker.io) and this
+# script stops it again at the end. FOODPIPE_DOCKER_TESTS=0 leaves the suite out, for a
+# machine that cannot run an engine; CI never sets it.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -10,4 +15,34 @@ bash scripts/bootstrap.sh
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy
 rm -f .coverage .coverage.*
-exec .venv/bin/pytest --cov --cov-report=term-missing:skip-covered "$@"
+
+# The fault suite controls the broker and database processes: the session's services are
+# the local stack's, even when a Docker engine answers (see tests/conftest.py).
+export FOODPIPE_TEST_STACK=${FOODPIPE_TEST_STACK:-local}
+export FOODPIPE_DOCKER_TESTS=${FOODPIPE_DOCKER_TESTS:-1}
+
+cleanup_docker() {
+  # Whatever a failed or interrupted docker test left: its Compose projects, then the
+  # engine, if this run started it.
+  local ids
+  ids=$(docker ps -aq --filter label=com.docker.compose.project 2>/dev/null \
+    | xargs -r docker inspect --format '{{.Id}} {{index .Config.Labels "com.docker.compose.project"}}' 2>/dev/null \
+    | awk '$2 ~ /^fptest/ {print $1}') || true
+  [[ -n $ids ]] && docker rm -f -v $ids >/dev/null 2>&1 || true
+  docker volume ls -q --filter label=com.docker.compose.project 2>/dev/null \
+    | grep '^fptest' | xargs -r docker volume rm >/dev/null 2>&1 || true
+  docker network ls -q --filter label=com.docker.compose.project 2>/dev/null \
+    | xargs -r docker network inspect --format '{{.Id}} {{index .Labels "com.docker.compose.project"}}' 2>/dev/null \
+    | awk '$2 ~ /^fptest/ {print $1}' | xargs -r docker network rm >/dev/null 2>&1 || true
+  scripts/docker_engine.sh stop
+}
+
+if [[ $FOODPIPE_DOCKER_TESTS == 1 ]]; then
+  scripts/docker_engine.sh start
+  trap cleanup_docker EXIT
+  docker_start=$SECONDS
+  scripts/docker_images.sh >/dev/null
+  echo "test: docker engine and images ready in $((SECONDS - docker_start))s" >&2
+fi
+
+.venv/bin/pytest --cov --cov-report=term-missing:skip-covered --durations=25 "$@"

@@ -82,3 +82,12 @@ def test_check_and_markdown_are_exclusive(capsys: pytest.CaptureFixture[str]) ->
         main(["--env-file", "/dev/null", "config", "--check", "--markdown"])
     assert exc.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_every_variable_of_env_example_is_documented_in_the_readme() -> None:
+    from ..compose_support import read_env_file
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", readme, flags=re.MULTILINE))
+    missing = sorted(set(read_env_file().documented) - documented)
+    assert not missing, f"README.md has no table row for {missing} (see .env.example)"
