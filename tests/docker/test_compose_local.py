@@ -75,6 +75,11 @@ def test_up_turns_every_service_healthy(user: Checkout) -> None:
     started = time.monotonic()
     user.compose("up", "-d", timeout=900)
     seconds = wait_healthy(user, SERVICES, ONE_SHOTS, timeout=240)
+    table = user.compose("ps").stdout
+    for service in SERVICES:
+        assert re.search(rf"_{service}_1 .* Up \(healthy\)", table), table
+    for service in ONE_SHOTS:
+        assert re.search(rf"_{service}_1 .* Exit 0", table), table
     print(
         f"docker-compose up -d: every service healthy after {time.monotonic() - started:.0f}s "
         f"({seconds:.0f}s after up returned)"
@@ -129,6 +134,11 @@ def test_scale_to_two_consumers_splits_the_partitions_and_back_to_one(user: Chec
         message=lambda: f"both consumers writing rows (written was {before})",
     )
     wait_until(lambda: health(second) == "healthy", timeout=90, interval=1, message="2nd healthy")
+    # The README's own commands, from inside a consumer's container (-T: no terminal here).
+    shown = user.compose("exec", "-T", "consumer", "foodpipe", "status").stdout
+    assert "group order-processors (stable, 2 members)" in shown, shown
+    audit = user.compose("exec", "-T", "consumer", "foodpipe", "audit", "--allow-lag")
+    assert audit.stdout.startswith("foodpipe audit: CONSISTENT"), audit.stdout
 
     user.compose("up", "-d", "--scale", "consumer=1")
     assert len(user.container_ids("consumer")) == 1

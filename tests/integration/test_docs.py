@@ -35,7 +35,8 @@ The convention for writing docs
   anything else                         run once; exit status 0; output as shown
   ``docker`` / ``docker-compose``       statically: files, services, profiles and
                                         ``foodpipe`` sub-commands exist in the compose
-                                        files; then skipped (no Docker engine here)
+                                        files (tests/docker runs the README's Docker
+                                        Quick Start in a real engine)
   ``scripts/test.sh``                   it is CI's own command: ``.ci/run`` runs it
   ``pytest ...``                        collected with ``--collect-only`` (the full run is
                                         CI itself); the selection must not be empty
@@ -65,7 +66,7 @@ The convention for writing docs
 
 Run it: ``.venv/bin/pytest tests/integration/test_docs.py`` (``-k README``, ``-k
 "consumer and poison"``, ``-m "not fault"``). The summary line of a passing run is
-``N passed, 1 skipped`` (the skip is the Docker commands' static check); each scenario
+``N passed``; each scenario
 has its own id, e.g. ``test_scenario[docs/KeyPoints/consumer.md::Try it: ...]``.
 """
 
@@ -399,16 +400,12 @@ def check_docker_command(command: Command) -> None:
             assert name in services, f"{command.where}: no service '{name}' in {files}"
 
 
-@pytest.mark.docker
 @pytest.mark.parametrize("page", sorted({c.page for c in _commands(Kind.DOCKER)}) or ["(none)"])
 def test_docker_commands(page: str) -> None:
+    """Checked statically here; tests/docker runs the Quick Start's commands for real."""
     commands = [c for c in _commands(Kind.DOCKER) if c.page == page]
     for command in commands:
         check_docker_command(command)
-    pytest.skip(
-        f"{len(commands)} docker command(s) of {page} checked statically against the "
-        "compose files; running them needs a Docker engine"
-    )
 
 
 def test_docs_commands_parse_as_shell() -> None:
