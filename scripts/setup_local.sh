@@ -48,6 +48,7 @@ if [[ $mode == compose ]]; then
     COMPOSE=(docker compose)
   elif command -v docker-compose >/dev/null 2>&1; then
     COMPOSE=(docker-compose)
+    say "using docker-compose (the Compose v2 plugin, \`docker compose\`, is not installed); every command in the README works with either"
   elif ((dry_run)); then
     COMPOSE=(docker compose)
   else
