@@ -37,7 +37,8 @@ from tests.support import REPO, wait_until
 
 #: The front end the user's own words name; Compose v2 (`docker compose`) is run too
 #: where it is installed (see test_compose_v2.py).
-COMPOSE = ["docker-compose"]
+LEGACY = ("docker-compose",)
+V2 = ("docker", "compose")
 CGROUP_MEMORY = Path("/sys/fs/cgroup/memory/docker")
 CGROUP_CPU = Path("/sys/fs/cgroup/cpuacct/docker")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -111,18 +112,23 @@ class Checkout:
     project: str
     images: dict[str, str]
     file: str = "docker-compose.yml"
+    front_end: tuple[str, ...] = LEGACY
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(
-        cls, base: Path, images: dict[str, str], file: str = "docker-compose.yml"
+        cls,
+        base: Path,
+        images: dict[str, str],
+        file: str = "docker-compose.yml",
+        front_end: tuple[str, ...] = LEGACY,
     ) -> Checkout:
         root = base / "foodpipe"
         for name in tracked_files():
             target = root / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, target)
-        return cls(root, f"fptest{uuid.uuid4().hex[:8]}", images, file)
+        return cls(root, f"fptest{uuid.uuid4().hex[:8]}", images, file, front_end)
 
     # ------------------------------------------------------------------ commands
     def env(self, **extra: str) -> dict[str, str]:
@@ -147,7 +153,7 @@ class Checkout:
     ) -> subprocess.CompletedProcess[str]:
         """``docker-compose [-f FILE] ARGS``: ``-f`` only for the AWS file, as a user types it."""
         flags = [] if self.file == "docker-compose.yml" else ["-f", self.file]
-        return self.sh([*COMPOSE, *flags, *args], timeout=timeout, check=check, **extra)
+        return self.sh([*self.front_end, *flags, *args], timeout=timeout, check=check, **extra)
 
     def setup_env_file(self) -> None:
         """``scripts/setup_local.sh --env-only``, then free host ports (9092/5432 may be taken)."""
@@ -209,7 +215,22 @@ class Checkout:
 
     # ------------------------------------------------------------------ what Docker reports
     def container_ids(self, service: str) -> list[str]:
-        out = self.compose("ps", "-q", service).stdout.split()
+        """The service's containers, running or exited, not `run` one-offs (both front
+        ends label them the same way; their `ps` flags differ)."""
+        out = run(
+            [
+                "docker",
+                "ps",
+                "-aq",
+                "--no-trunc",
+                "--filter",
+                f"label=com.docker.compose.project={self.project}",
+                "--filter",
+                f"label=com.docker.compose.service={service}",
+                "--filter",
+                "label=com.docker.compose.oneoff=False",
+            ]
+        ).stdout.split()
         return [cid for cid in out if cid]
 
     def project_objects(self) -> dict[str, list[str]]:

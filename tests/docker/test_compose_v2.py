@@ -1,0 +1,63 @@
+"""The same user commands with Compose v2 (`docker compose`), where it is installed.
+
+scripts/test.sh builds the v2 plugin (scripts/docker_compose_v2.sh) when Go is there, so
+CI runs this; the thorough suite is test_compose_local.py with the legacy front end.
+Here: up, every service healthy, `logs -f consumer` as text, two consumers, the audit,
+and `down -v` leaving nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import wait_until
+
+from .harness import V2, Checkout, anonymous_volumes, follow, run, wait_healthy
+from .test_compose_local import ONE_SHOTS, SERVICES, assert_consistent, owners
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def v2_user(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
+    if run(["docker", "compose", "version"], check=False).returncode != 0:
+        pytest.skip("Compose v2 is not installed (scripts/docker_compose_v2.sh builds it)")
+    checkout = Checkout.create(tmp_path_factory.mktemp("v2"), images, front_end=V2)
+    checkout.setup_env_file()
+    try:
+        yield checkout
+    finally:
+        checkout.down("-v")
+
+
+def test_v2_up_logs_scale_audit_down(v2_user: Checkout, no_leftover_volumes: set[str]) -> None:
+    v2_user.compose("up", "-d", timeout=900)
+    wait_healthy(v2_user, SERVICES, ONE_SHOTS, timeout=240)
+    with follow(
+        ["docker", "compose", "logs", "-f", "consumer"], v2_user.root, v2_user.env()
+    ) as lines:
+        wait_until(
+            lambda: (
+                any("partitions assigned" in line for line in lines)
+                and any("consumer stats" in line for line in lines)
+            ),
+            timeout=60,
+            interval=0.5,
+            message=lambda: f"an assignment and a stats line in {lines[-5:]}",
+        )
+    assert not [line for line in lines if line.split("|", 1)[-1].strip().startswith("{")]
+
+    v2_user.compose("up", "-d", "--scale", "consumer=2")
+    wait_until(
+        lambda: len(owners(v2_user.status())) == 2 and all(owners(v2_user.status()).values()),
+        timeout=120,
+        interval=1,
+        message="2 members sharing the partitions",
+    )
+    assert_consistent(v2_user, allow_lag=True)
+
+    v2_user.compose("down", "-v", timeout=300)
+    assert v2_user.project_objects() == {"containers": [], "volumes": [], "networks": []}
+    assert anonymous_volumes() <= no_leftover_volumes
