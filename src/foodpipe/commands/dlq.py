@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from foodpipe.commands.inert import inert
 from foodpipe.consumer.classify import ErrorClass
 from foodpipe.db import CONSUMER_SESSION, make_engine, wait_for_database
 from foodpipe.kafka import admin_config, wait_for_broker
@@ -177,25 +178,7 @@ def _list(
         }
         sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
         return 0
-    table = Table(
-        title=f"{settings.kafka_dlq_topic}: {matched} of {total} dead letters match"
-        + (f" (first {len(letters)} shown)" if len(letters) < matched else ""),
-        title_justify="left",
-    )
-    for column in ("dlq", "from", "error class", "order_id", "reason", "failed at"):
-        table.add_column(column, overflow="fold")
-    for letter in letters:
-        reason = letter.reason
-        if len(reason) > REASON_WIDTH:
-            reason = reason[: REASON_WIDTH - 1] + "…"
-        table.add_row(
-            letter.position,
-            letter.origin,
-            letter.error_class,
-            letter.order_id or "-",
-            reason,
-            letter.failed_at[:19].replace("T", " "),
-        )
+    table = render_list(settings.kafka_dlq_topic, letters, matched, total)
     Console().print(table)
     return 0
 
@@ -235,14 +218,40 @@ def _replay(
     return 0
 
 
+def render_list(topic: str, letters: list[DeadLetter], matched: int, total: int) -> Table:
+    """The ``dlq list`` table. Every cell that comes from a message is :func:`inert`."""
+    table = Table(
+        title=inert(
+            f"{topic}: {matched} of {total} dead letters match"
+            + (f" (first {len(letters)} shown)" if len(letters) < matched else "")
+        ),
+        title_justify="left",
+    )
+    for column in ("dlq", "from", "error class", "order_id", "reason", "failed at"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        reason = letter.reason
+        if len(reason) > REASON_WIDTH:
+            reason = reason[: REASON_WIDTH - 1] + "…"
+        table.add_row(
+            letter.position,
+            inert(letter.origin),
+            inert(letter.error_class),
+            inert(letter.order_id or "-"),
+            inert(reason),
+            inert(letter.failed_at[:19].replace("T", " ")),
+        )
+    return table
+
+
 def render_replay(report: ReplayReport) -> Table:
     verb = "dry run" if report.dry_run else "replay"
     counts = report.counts
     summary = ", ".join(f"{n} {result}" for result, n in sorted(counts.items())) or "nothing to do"
     marks = ", ".join(f"{p}:{o}" for p, o in sorted(report.marks.items()))
     table = Table(
-        title=f"dlq {verb} (group {report.group}): {summary}",
-        caption=f"progress {'(unchanged by a dry run) ' if report.dry_run else ''}{marks}",
+        title=inert(f"dlq {verb} (group {report.group}): {summary}"),
+        caption=inert(f"progress {'(unchanged by a dry run) ' if report.dry_run else ''}{marks}"),
         title_justify="left",
         caption_justify="left",
     )
@@ -256,9 +265,9 @@ def render_replay(report: ReplayReport) -> Table:
         )
         table.add_row(
             outcome.letter.position,
-            outcome.letter.error_class,
-            outcome.order_id or "-",
+            inert(outcome.letter.error_class),
+            inert(outcome.order_id or "-"),
             Text(outcome.result, style=style),
-            outcome.detail[:REASON_WIDTH],
+            inert(outcome.detail[:REASON_WIDTH]),
         )
     return table
