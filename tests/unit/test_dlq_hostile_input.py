@@ -16,9 +16,11 @@ from rich.console import Console
 
 from foodpipe.commands import dlq as dlq_command
 from foodpipe.commands import status as status_command
+from foodpipe.consumer.dlq import dlq_headers, header_map
+from foodpipe.errors import PoisonMessage
 from foodpipe.offsets import GroupState, Member, PartitionState, TopicState
 from foodpipe.replay import INVALID, DeadLetter, Outcome, Replayer, ReplayReport, Selection
-from tests.unit.test_ops import letter, snapshot
+from tests.unit.test_ops import FakeMessage, letter, snapshot
 
 #: 60 KB, under the consumer's 64 KiB bound, so it is dead-lettered whole.
 DEEP = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
@@ -99,3 +101,31 @@ def test_status_shows_a_hostile_client_id_as_inert_text() -> None:
     topic = TopicState("orders", group, (PartitionState(0, 0, 1, 1, hostile),))
     shown = _terminal_output(status_command.render(snapshot(topic=topic)))
     assert "[/bold]\\x1b[2J@10.0.0.5" in shown
+
+
+FORGED = [
+    ("trace-id", b"abc"),
+    ("dlq-value-truncated", b"999999"),
+    ("dlq-error-class", b"db_constraint"),
+    ("dlq-original-topic", b"payments"),
+]
+
+
+def test_incoming_dlq_headers_are_not_copied_to_the_dead_letter() -> None:
+    original = FakeMessage(b"k", b"{}", FORGED)
+    headers = dlq_headers(original, PoisonMessage("schema_violation", "why"), "group")
+    names = [name for name, _ in headers]
+    assert names[0] == "trace-id"  # the producer's own headers stay
+    assert names.count("dlq-original-topic") == 1
+    assert "dlq-value-truncated" not in names
+    assert dict(headers)["dlq-error-class"] == b"schema_violation"
+
+
+def test_forged_headers_of_an_older_dead_letter_are_not_honoured() -> None:
+    # Dead-lettered before the fix: the forged headers come before the consumer's own.
+    ours = dlq_headers(FakeMessage(b"k", b"{}"), PoisonMessage("schema_violation", "why"), "g")
+    dead = DeadLetter.from_message(FakeMessage(b"k", b"{}", [*FORGED, *ours]))  # type: ignore[arg-type]
+    assert dead.truncated is False
+    assert dead.error_class == "schema_violation"
+    assert dead.original_topic == "orders"
+    assert header_map([*FORGED, *ours])["dlq-error-class"] == "schema_violation"
