@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 
 from foodpipe.errors import FatalError
 from foodpipe.models import Order, OrderItem
-from foodpipe.settings import Settings
+from foodpipe.settings import Settings, redact_url
 
 metadata = MetaData()
 
@@ -419,7 +419,7 @@ def wait_for_database(engine: Engine, timeout_s: float) -> None:
     """
     deadline = time.monotonic() + timeout_s
     delay = 0.25
-    url = engine.url.render_as_string(hide_password=True)
+    url = redact_url(engine.url)
     while True:
         try:
             with engine.connect() as conn:

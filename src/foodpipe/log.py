@@ -22,11 +22,18 @@ from typing import Any, TextIO
 import structlog
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@")
+#: ``?password=...`` / ``&sslpassword=...``: libpq and psycopg2 take passwords there too.
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<name>[?&][^=&\s]*password=)[^&#\s]*")
 
 
 def scrub(text: str) -> str:
-    """Replace the password of every ``scheme://user:password@`` in ``text`` with ***."""
-    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    """Replace every URL password in ``text`` with ***.
+
+    Both places a connection URL can hold one: ``scheme://user:password@`` and a
+    ``password`` (or ``sslpassword``) query parameter.
+    """
+    text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    return _QUERY_PASSWORD.sub(r"\g<name>***", text)
 
 
 def _scrub_secrets(

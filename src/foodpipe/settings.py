@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from foodpipe.log import scrub
+
 # Values that appear in .env.example. Outside development they are refused so that a
 # copied example file can never reach production with a guessable password.
 PLACEHOLDER_PASSWORDS = frozenset({"change-me", "changeme", "password", "postgres", "foodpipe"})
@@ -218,18 +220,23 @@ class Settings(BaseSettings):
 
     def redacted_database_url(self) -> str:
         """Safe to log: the password is replaced by ***."""
-        return self.sqlalchemy_url().render_as_string(hide_password=True)
+        return redact_url(self.sqlalchemy_url())
 
     def public_view(self) -> dict[str, Any]:
         """Every setting with secrets masked, for start-up logs."""
         view = self.model_dump(mode="json")
         view["database_url"] = self.redacted_database_url()
         if self.database_admin_url is not None:
-            view["database_admin_url"] = make_url(
-                self.database_admin_url.get_secret_value()
-            ).render_as_string(hide_password=True)
+            view["database_admin_url"] = redact_url(
+                make_url(self.database_admin_url.get_secret_value())
+            )
         view["postgres_password"] = "***"  # noqa: S105 - the mask, not a password
         return view
+
+
+def redact_url(url: URL) -> str:
+    """``url`` as text with its password masked, in the user part and in the query."""
+    return scrub(url.render_as_string(hide_password=True))
 
 
 def env_var_name(field_name: str) -> str:
