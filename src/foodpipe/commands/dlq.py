@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from foodpipe.commands.argtypes import number, whole
 from foodpipe.commands.inert import inert
 from foodpipe.consumer.classify import ErrorClass
 from foodpipe.db import CONSUMER_SESSION, make_engine, wait_for_database
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _filters(listing)
     listing.add_argument(
-        "--limit", type=int, default=200, metavar="N", help="show at most N (default 200)"
+        "--limit", type=whole(low=1), default=200, metavar="N", help="show at most N (default 200)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON document")
 
@@ -110,7 +111,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
         "--reason", default=None, metavar="TEXT", help="only reasons containing TEXT (any case)"
     )
     parser.add_argument(
-        "--partition", type=int, default=None, metavar="P", help="only this DLQ partition"
+        "--partition", type=whole(low=0), default=None, metavar="P", help="only this DLQ partition"
     )
     parser.add_argument(
         "--offset-range",
@@ -120,7 +121,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=number(above=0),
         default=120.0,
         metavar="SECONDS",
         help="deadline for reading the dead-letter topic (default 120)",
