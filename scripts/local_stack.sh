@@ -5,10 +5,12 @@
 #   - PostgreSQL in a private data folder, with the schema and a least-privilege role.
 #
 # Usage: scripts/local_stack.sh COMMAND
-#   start            start whatever is not running (idempotent); prints KEY=VALUE settings
+#   start            start whatever is not running (idempotent); prints the settings that
+#                    hold no secret (KAFKA_BOOTSTRAP_SERVERS) as KEY=VALUE
 #   stop             stop everything this stack started; leaves no process behind
 #   status           what runs, the topics and the orders table; exit 1 if something is down
-#   env              print the KEY=VALUE settings only
+#   env [--admin]    print the services' KEY=VALUE settings, the app role's password
+#                    included; --admin adds DATABASE_ADMIN_URL (the owner: tests, bench)
 #   kafka-kill N     SIGKILL broker N          kafka-stop N / kafka-cont N   SIGSTOP / SIGCONT
 #   kafka-start N    start broker N again      kafka-term N                  SIGTERM and wait
 #   pg-stop          pg_ctl stop -m immediate  pg-start                      start PostgreSQL again
@@ -308,7 +310,11 @@ start_pg() {
     psql_admin -d postgres -c "CREATE DATABASE $PG_DB"
   fi
   psql_admin -d "$PG_DB" -f "$REPO/src/database/init.sql"
-  psql_admin -d "$PG_DB" -v app_user="$PG_APP_USER" -v app_password="$APP_PASSWORD" -f "$REPO/src/database/app_role.sql" >/dev/null
+  # The app password goes in on stdin (a \set line before the script), never on psql's
+  # command line, where ps would show it. Generated passwords are URL-safe base64; the
+  # quote doubling keeps any other value literal all the same.
+  { printf "\\set app_password '%s'\n" "${APP_PASSWORD//\'/\'\'}"; cat "$REPO/src/database/app_role.sql"; } \
+    | psql_admin -d "$PG_DB" -v app_user="$PG_APP_USER" -f - >/dev/null
 }
 
 stop_pg() {
@@ -319,14 +325,23 @@ stop_pg() {
 }
 
 # ---------------------------------------------------------------- commands
+# The services' settings. The owner URL only with --admin: whatever is written from this
+# (a .env, .stack/local.env) reaches the producer and the consumer.
 print_env() {
+  local admin=0
+  case ${1:-} in
+    --admin) admin=1 ;;
+    "") ;;
+    *) die "env takes --admin or nothing, not '$1'" ;;
+  esac
   echo "KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers)"
   if has pg && [[ -f $(pg_password_file) ]]; then
     # shellcheck disable=SC1090
     source "$(pg_password_file)"
     echo "DATABASE_URL=postgresql+psycopg2://$PG_APP_USER:$APP_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
-    echo "DATABASE_ADMIN_URL=postgresql+psycopg2://$PG_ADMIN_USER:$ADMIN_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+    ((admin)) && echo "DATABASE_ADMIN_URL=postgresql+psycopg2://$PG_ADMIN_USER:$ADMIN_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
   fi
+  return 0
 }
 
 cmd_start() {
@@ -335,7 +350,10 @@ cmd_start() {
   has pg && start_pg
   has kafka && start_kafka
   say "ready in $((SECONDS - t0))s (Kafka $KAFKA_VERSION, $KAFKA_NODES node(s); data in $STACK_DIR)"
-  print_env
+  # Nothing secret on stdout: start's output ends up in terminals and CI logs.
+  echo "KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers)"
+  has pg && say "the database URLs, passwords included: $0 env (app role), $0 env --admin (owner)"
+  return 0
 }
 
 cmd_stop() {
@@ -405,7 +423,7 @@ main() {
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    env) print_env ;;
+    env) print_env "$@" ;;
     kafka-kill)
       # Wait until it is gone: a JVM takes a moment to die, and a kafka-start right
       # after would otherwise find the old pid alive and start nothing.
