@@ -53,11 +53,40 @@ RDKAFKA_LOGGER.addFilter(_RepeatFilter())
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
+    """What every client shares: where the brokers are, and how to reach them securely."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "client.id": "foodpipe",
         "logger": RDKAFKA_LOGGER,
+        **security_config(settings),
     }
+
+
+def security_config(settings: Settings) -> dict[str, str]:
+    """``security.protocol`` and, when it asks for them, the SASL login and TLS files.
+
+    Every producer, consumer and admin client foodpipe builds gets these through
+    :func:`common_config`. Settings validation has already checked the combination
+    (a SASL protocol has a user and a password; TLS files only with a TLS protocol).
+    """
+    protocol = settings.kafka_security_protocol
+    config: dict[str, str] = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        password = settings.kafka_sasl_password
+        config["sasl.password"] = password.get_secret_value() if password else ""
+    if protocol.endswith("SSL"):
+        files = {
+            "ssl.ca.location": settings.kafka_ssl_ca_location,
+            "ssl.certificate.location": settings.kafka_ssl_certificate_location,
+            "ssl.key.location": settings.kafka_ssl_key_location,
+        }
+        config.update({key: str(path) for key, path in files.items() if path is not None})
+        if settings.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+        config["ssl.endpoint.identification.algorithm"] = settings.kafka_ssl_endpoint_identification
+    return config
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
