@@ -6,10 +6,12 @@ consumer, the admin tools and the tests can never disagree about a setting.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -87,6 +89,45 @@ def security_config(settings: Settings) -> dict[str, str]:
             config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
         config["ssl.endpoint.identification.algorithm"] = settings.kafka_ssl_endpoint_identification
     return config
+
+
+def java_security_properties(config: Mapping[str, Any]) -> dict[str, str]:
+    """The security part of a librdkafka ``config`` as Java client properties.
+
+    For Kafka's own Java tools the bench runs (``ProducerPerformance``), so they connect
+    exactly as foodpipe's clients do. PEM files are read into the properties: the Java
+    client takes a PEM key and chain inline, not as paths. The result holds secrets:
+    write it to a file only this user can read, never to a command line.
+    """
+    protocol = str(config.get("security.protocol", "PLAINTEXT"))
+    props = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        mechanism = str(config["sasl.mechanism"])
+        module = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule"
+            if mechanism == "PLAIN"
+            else "org.apache.kafka.common.security.scram.ScramLoginModule"
+        )
+        user, password = (
+            json.dumps(str(config[key])) for key in ("sasl.username", "sasl.password")
+        )
+        props["sasl.mechanism"] = mechanism
+        props["sasl.jaas.config"] = f"{module} required username={user} password={password};"
+    if protocol.endswith("SSL"):
+        if "ssl.ca.location" in config:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = str(config["ssl.ca.location"])
+        if "ssl.certificate.location" in config:
+            props["ssl.keystore.type"] = "PEM"
+            props["ssl.keystore.certificate.chain"] = Path(
+                config["ssl.certificate.location"]
+            ).read_text()
+            props["ssl.keystore.key"] = Path(config["ssl.key.location"]).read_text()
+            if "ssl.key.password" in config:
+                props["ssl.key.password"] = str(config["ssl.key.password"])
+        algorithm = config.get("ssl.endpoint.identification.algorithm", "https")
+        props["ssl.endpoint.identification.algorithm"] = "" if algorithm == "none" else "https"
+    return props
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

@@ -212,3 +212,17 @@ def test_a_secret_file_that_cannot_be_read_or_clashes_is_one_line(
     monkeypatch.setenv("POSTGRES_PASSWORD", "also-set")
     with pytest.raises(ConfigError, match="POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are both"):
         settings()
+
+
+def test_kafkas_java_tools_in_the_bench_connect_the_same_way(pem: Path) -> None:
+    props = kafka.java_security_properties(kafka.producer_config(sasl_ssl(pem)))
+    assert props["security.protocol"] == "SASL_SSL"
+    assert props["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert props["sasl.jaas.config"] == (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        ' username="foodpipe" password="s3cret-sasl";'
+    )
+    assert (props["ssl.truststore.type"], props["ssl.truststore.location"]) == ("PEM", str(pem))
+    assert props["ssl.endpoint.identification.algorithm"] == "https"
+    plain = kafka.java_security_properties(kafka.producer_config(settings()))
+    assert plain == {"security.protocol": "PLAINTEXT"}
