@@ -125,7 +125,8 @@ fetch_kafka() {
   command -v mvn >/dev/null || die "Maven is missing (it fetches the Kafka jars). Install it: apt-get install -y maven"
   say "resolving Apache Kafka $KAFKA_VERSION jars into $LIBS (first start only)"
   rm -rf "$LIBS"; mkdir -p "$LIBS"
-  mvn -q -B -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" \
+  # -C (strict checksums): a jar whose checksum does not match is an error, not a warning.
+  mvn -q -B -C -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" \
     org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2 \
     || die "Maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION; check network access to Maven Central"
