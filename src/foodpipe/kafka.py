@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from foodpipe.settings import Settings
@@ -22,6 +22,14 @@ from foodpipe.settings import Settings
 
 class BrokerUnreachable(Exception):
     """No broker answered within the deadline. ``str()`` is one line."""
+
+
+class BrokerRefused(BrokerUnreachable):
+    """A broker answered and refused us: the login or the TLS handshake failed.
+
+    Waiting longer cannot help, so it is raised at once. ``str()`` is one line naming
+    the settings to check.
+    """
 
 
 class _RepeatFilter(logging.Filter):
@@ -253,7 +261,15 @@ def wait_for_broker(
     """
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
+    # After a failed attempt, a client that reports librdkafka's errors tells a refused
+    # login or certificate apart from a broker that is not there (list_topics says
+    # "Broker transport failure" for all three).
+    reported: list[KafkaError] = []
+    probe: AdminClient | None = None
     while True:
+        refusal = _refusal(reported, settings)
+        if refusal:
+            raise BrokerRefused(refusal)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise BrokerUnreachable(
@@ -262,13 +278,42 @@ def wait_for_broker(
                 "Check KAFKA_BOOTSTRAP_SERVERS"
             )
         try:
-            metadata = admin.list_topics(timeout=min(2.0, max(remaining, 0.1)))
+            metadata = (probe or admin).list_topics(timeout=min(2.0, max(remaining, 0.1)))
         except KafkaException as exc:
             last_error = str(exc.args[0].str() if exc.args else exc)
+            if probe is None:
+                probe = AdminClient(admin_config(settings, error_cb=reported.append))
+            else:
+                probe.poll(0)  # error_cb is served by poll
             continue
         if len(metadata.brokers) >= min_brokers:
             return
         last_error = f"{len(metadata.brokers)} of {min_brokers} brokers registered"
+
+
+def _refusal(reported: list[KafkaError], settings: Settings) -> str | None:
+    """One line for a refused login or TLS handshake among ``reported``, else None."""
+    where = f"Kafka at {settings.kafka_bootstrap_servers}"
+    for error in reported:
+        # "sasl_ssl://host:port/bootstrap: SASL authentication error: ... (after 3ms in
+        # state AUTH_REQ)": keep the middle.
+        detail = error.str().split(" (after ")[0]
+        if "://" in detail.split(": ", 1)[0]:
+            detail = detail.split(": ", 1)[-1]
+        if error.code() == KafkaError._AUTHENTICATION:
+            return (
+                f"{where} refused the login of KAFKA_SASL_USERNAME="
+                f"{settings.kafka_sasl_username} ({detail}); check KAFKA_SASL_USERNAME,"
+                " KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+            )
+        if error.code() == KafkaError._SSL:
+            detail = detail.split(": broker certificate could not be verified")[0]
+            return (
+                f"TLS with {where} failed ({detail}); check KAFKA_SSL_CA_LOCATION (the CA"
+                " that signed the broker's certificate), the host name in"
+                " KAFKA_BOOTSTRAP_SERVERS and KAFKA_SECURITY_PROTOCOL"
+            )
+    return None
 
 
 def ensure_topics(
