@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what foodpipe needs on a fresh Debian/Ubuntu machine, idempotently:
-#   - system packages: Java 17+ and Maven (the Kafka broker), PostgreSQL server binaries;
+#   - system packages: Java 17+ and Maven (the Kafka broker), PostgreSQL server binaries,
+#     openssl (the secured stack's certificates);
 #   - a virtualenv in .venv with the hash-pinned requirements (requirements-dev.lock) and
 #     foodpipe itself (editable).
 # Safe to run again: it only installs what is missing.
@@ -15,6 +16,7 @@ command -v mvn >/dev/null || missing+=(maven)
 { command -v pg_config >/dev/null && [[ -x "$(pg_config --bindir)/initdb" ]]; } \
   || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v openssl >/dev/null || missing+=(openssl) # certificates of the secured stack (local_stack.sh)
 
 if ((${#missing[@]})); then
   SUDO=()
