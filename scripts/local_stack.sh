@@ -136,7 +136,13 @@ pg_setup_user() {
 # A CA and a server certificate for 127.0.0.1 and localhost, made once per stack. Every
 # private key and password file is mode 600; passwords reach openssl as file: arguments.
 make_tls() {
-  [[ -f $TLS_DIR/.complete ]] && return
+  # Valid for 30 days; made again when less than a day is left (the stack stopped).
+  if [[ -f $TLS_DIR/.complete ]]; then
+    openssl x509 -checkend 86400 -noout -in "$TLS_DIR/server.pem" >/dev/null && return
+    if pid_alive "$(node_dir 1)/pid"; then
+      die "the secured stack's certificates expire within a day; run $0 stop, then start"
+    fi
+  fi
   command -v openssl >/dev/null || die "openssl is missing (the secured stack makes its certificates with it). Install it: apt-get install -y openssl"
   say "generating a CA and a server certificate in $TLS_DIR"
   rm -rf "$TLS_DIR"
