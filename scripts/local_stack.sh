@@ -5,10 +5,12 @@
 #   - PostgreSQL in a private data folder, with the schema and a least-privilege role.
 #
 # Usage: scripts/local_stack.sh COMMAND
-#   start            start whatever is not running (idempotent); prints KEY=VALUE settings
+#   start            start whatever is not running (idempotent); prints the settings that
+#                    hold no secret (KAFKA_BOOTSTRAP_SERVERS) as KEY=VALUE
 #   stop             stop everything this stack started; leaves no process behind
 #   status           what runs, the topics and the orders table; exit 1 if something is down
-#   env              print the KEY=VALUE settings only
+#   env [--admin]    print the services' KEY=VALUE settings, the app role's password
+#                    included; --admin adds DATABASE_ADMIN_URL (the owner: tests, bench)
 #   kafka-jars       resolve the Kafka jars only (idempotent) and print their folder
 #   kafka-kill N     SIGKILL broker N          kafka-stop N / kafka-cont N   SIGSTOP / SIGCONT
 #   kafka-start N    start broker N again      kafka-term N                  SIGTERM and wait
@@ -21,6 +23,13 @@
 #                   its controller the port after it
 #   PG_PORT         PostgreSQL port (default 15432)
 #   STACK_SERVICES  "kafka pg" (default), or just one of them
+#   STACK_SECURED   1: the secured stack (one broker). Kafka's client listener is SASL_SSL
+#                   (SCRAM-SHA-512 user "foodpipe", created with Kafka's own ConfigCommand)
+#                   and PostgreSQL accepts TLS connections only (ssl=on, hostssl rules).
+#                   A CA and a server certificate for 127.0.0.1/localhost are generated
+#                   into STACK_DIR/tls on first start. `env` then prints the
+#                   KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_CA_LOCATION and
+#                   POSTGRES_SSL* settings too. Give it its own STACK_DIR and ports.
 #   PYTHON          the interpreter that has foodpipe installed (default <repo>/.venv/bin/python)
 #
 # Non-default ports keep the stack clear of a Compose stack on 9092/5432 on the same machine.
@@ -41,6 +50,9 @@ PG_ADMIN_USER=foodpipe_admin
 PG_APP_USER=foodpipe_app
 PG_DB=foodpipe
 READY_TIMEOUT=${READY_TIMEOUT:-120}
+STACK_SECURED=${STACK_SECURED:-0}
+TLS_DIR=$STACK_DIR/tls
+KAFKA_USER=foodpipe
 
 say() { printf 'local_stack: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -49,6 +61,9 @@ has() { [[ " $STACK_SERVICES " == *" $1 "* ]]; }
 node_port() { echo $((KAFKA_PORT + 10 * ($1 - 1))); }
 ctrl_port() { echo $((KAFKA_PORT + 10 * ($1 - 1) + 1)); }
 node_dir() { echo "$STACK_DIR/kafka/node$1"; }
+# Secured stack: the broker's mutual-TLS listener, for itself and Kafka's admin tools.
+internal_port() { echo $((KAFKA_PORT + 10 * ($1 - 1) + 2)); }
+secured() { [[ $STACK_SECURED == 1 ]]; }
 
 bootstrap_servers() {
   local out="" n
@@ -118,13 +133,49 @@ pg_setup_user() {
   fi
 }
 
+# ---------------------------------------------------------------- TLS (secured stack)
+# A CA and a server certificate for 127.0.0.1 and localhost, made once per stack. Every
+# private key and password file is mode 600; passwords reach openssl as file: arguments.
+make_tls() {
+  # Valid for 30 days; made again when less than a day is left (the stack stopped).
+  if [[ -f $TLS_DIR/.complete ]]; then
+    openssl x509 -checkend 86400 -noout -in "$TLS_DIR/server.pem" >/dev/null && return
+    if pid_alive "$(node_dir 1)/pid"; then
+      die "the secured stack's certificates expire within a day; run $0 stop, then start"
+    fi
+  fi
+  command -v openssl >/dev/null || die "openssl is missing (the secured stack makes its certificates with it). Install it: apt-get install -y openssl"
+  say "generating a CA and a server certificate in $TLS_DIR"
+  rm -rf "$TLS_DIR"
+  (
+    umask 077
+    mkdir -p "$TLS_DIR"
+    cd "$TLS_DIR"
+    python3 -c 'import secrets; print(secrets.token_urlsafe(18))' >keystore.pass
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=foodpipe local CA" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile server.ext -out server.pem 2>/dev/null
+    openssl pkcs12 -export -in server.pem -inkey server.key -certfile ca.pem -name broker \
+      -passout file:keystore.pass -out server.p12
+    rm -f server.csr server.ext ca.srl
+  ) || die "generating the certificates failed"
+  # The CA certificate is public: clients read it.
+  chmod 755 "$TLS_DIR"
+  chmod 644 "$TLS_DIR/ca.pem"
+  touch "$TLS_DIR/.complete"
+}
+
 # ---------------------------------------------------------------- Kafka
 fetch_kafka() {
   [[ -f $LIBS/.complete ]] && return
   command -v mvn >/dev/null || die "Maven is missing (it fetches the Kafka jars). Install it: apt-get install -y maven"
   say "resolving Apache Kafka $KAFKA_VERSION jars into $LIBS (first start only)"
   rm -rf "$LIBS"; mkdir -p "$LIBS"
-  mvn -q -B -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" \
+  # -C (strict checksums): a jar whose checksum does not match is an error, not a warning.
+  mvn -q -B -C -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" \
     org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2 \
     || die "Maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION; check network access to Maven Central"
@@ -138,16 +189,38 @@ write_kafka_config() {
   for ((i = 1; i <= KAFKA_NODES; i++)); do voters+="${voters:+,}$i@127.0.0.1:$(ctrl_port "$i")"; done
   local rf=1 isr=1
   ((KAFKA_NODES >= 3)) && { rf=3; isr=2; }
+  local listeners
+  if secured; then
+    # Clients: SASL_SSL (TLS and a SCRAM login). The broker itself and Kafka's admin
+    # tools: mutual TLS on INTERNAL (only holders of a certificate of this CA get in).
+    # The controller listener answers controller requests only.
+    listeners="listeners=SASL_SSL://127.0.0.1:$(node_port "$n"),INTERNAL://127.0.0.1:$(internal_port "$n"),CONTROLLER://127.0.0.1:$(ctrl_port "$n")
+advertised.listeners=SASL_SSL://127.0.0.1:$(node_port "$n"),INTERNAL://127.0.0.1:$(internal_port "$n")
+inter.broker.listener.name=INTERNAL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,INTERNAL:SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.internal.ssl.client.auth=required
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/server.p12
+ssl.keystore.password=$(cat "$TLS_DIR/keystore.pass")
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem"
+  else
+    listeners="listeners=PLAINTEXT://127.0.0.1:$(node_port "$n"),CONTROLLER://127.0.0.1:$(ctrl_port "$n")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(node_port "$n")
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  fi
+  # It may hold the keystore password: this user only.
+  (umask 077 && : >"$dir/server.properties")
   cat >"$dir/server.properties" <<EOF
 # Generated by scripts/local_stack.sh: KRaft combined mode (broker + controller).
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$(node_port "$n"),CONTROLLER://127.0.0.1:$(ctrl_port "$n")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(node_port "$n")
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+$listeners
 log.dirs=$dir/data
 num.partitions=3
 default.replication.factor=$rf
@@ -196,6 +269,7 @@ start_kafka_node() {
   pid_alive "$dir/pid" && return
   need_free_port "$(node_port "$n")" KAFKA_PORT
   need_free_port "$(ctrl_port "$n")" KAFKA_PORT
+  if secured; then need_free_port "$(internal_port "$n")" KAFKA_PORT; fi
   write_kafka_config "$n"
   format_kafka "$n"
   # Small-broker JVM: the serial collector and a capped heap keep the idle RSS low;
@@ -209,16 +283,58 @@ start_kafka_node() {
 }
 
 kafka_ready() {
-  KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers) KAFKA_REPLICATION_FACTOR=$([[ $KAFKA_NODES -ge 3 ]] && echo 3 || echo 1) \
+  # Through the client listener, with the settings `env` prints: in the secured stack
+  # this proves the SCRAM login and the certificate chain before anyone relies on them.
+  with_stack_env env KAFKA_REPLICATION_FACTOR="$([[ $KAFKA_NODES -ge 3 ]] && echo 3 || echo 1)" \
     LOG_FORMAT=json "$PYTHON" -m foodpipe --env-file /dev/null topics --wait "$READY_TIMEOUT" --min-brokers "$KAFKA_NODES" >"$STACK_DIR/kafka/topics.log" 2>&1
+}
+
+# Run "$@" with this stack's settings exported (never on a command line: passwords).
+with_stack_env() {
+  (
+    local line
+    while IFS= read -r line; do export "${line?}"; done < <(print_env)
+    "$@"
+  )
+}
+
+# Secured stack: the services' SCRAM user, created (or its password set again) with
+# Kafka's own ConfigCommand over the mutual-TLS listener. The client settings and the
+# password reach it in mode-600 files, never on its command line.
+kafka_scram_user() {
+  local dir rc=0
+  dir=$(node_dir 1)
+  (
+    umask 077
+    printf '%s\n' "security.protocol=SSL" "ssl.truststore.type=PEM" \
+      "ssl.truststore.location=$TLS_DIR/ca.pem" "ssl.keystore.type=PKCS12" \
+      "ssl.keystore.location=$TLS_DIR/server.p12" \
+      "ssl.keystore.password=$(cat "$TLS_DIR/keystore.pass")" >"$dir/admin-client.properties"
+    # In a file the value is the credential's own key=value list, without the brackets.
+    printf 'SCRAM-SHA-512=password=%s\n' "$KAFKA_APP_PASSWORD" >"$dir/scram-user.properties"
+  )
+  java -cp "$LIBS/*" -Dlog4j2.configurationFile="$REPO/scripts/kafka/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
+    kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$(internal_port 1)" \
+    --command-config "$dir/admin-client.properties" --alter --entity-type users --entity-name "$KAFKA_USER" \
+    --add-config-file "$dir/scram-user.properties" >"$dir/logs/scram-user.log" 2>&1 || rc=$?
+  rm -f "$dir/scram-user.properties"
+  return $rc
 }
 
 start_kafka() {
   need_java
   need_python
   fetch_kafka
+  if secured; then
+    ((KAFKA_NODES == 1)) || die "the secured stack has one broker; unset KAFKA_NODES"
+    make_tls
+    stack_secrets
+  fi
   local n
   for ((n = 1; n <= KAFKA_NODES; n++)); do start_kafka_node "$n"; done
+  if secured; then
+    poll_until "the SCRAM user (see $(node_dir 1)/logs/scram-user.log)" kafka_scram_user
+  fi
   # Readiness = a metadata call answers and the topics exist (the command polls with a deadline).
   kafka_ready || die "Kafka did not become ready; see $(node_dir 1)/logs/server.log and $STACK_DIR/kafka/topics.log"
 }
@@ -260,32 +376,56 @@ pg_prepare() {
 
 pg_password_file() { echo "$STACK_DIR/secrets.env"; }
 
-pg_secrets() {
-  local f
+# The stack's generated passwords (mode 600), each made the first time it is needed.
+stack_secrets() {
+  local f name names=(ADMIN_PASSWORD APP_PASSWORD)
+  if secured; then names+=(KAFKA_APP_PASSWORD); fi
   f=$(pg_password_file)
-  if [[ ! -f $f ]]; then
-    mkdir -p "$(dirname "$f")"
-    (umask 077; printf 'ADMIN_PASSWORD=%s\nAPP_PASSWORD=%s\n' \
-      "$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')" \
-      "$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')" >"$f")
-  fi
+  mkdir -p "$(dirname "$f")"
+  for name in "${names[@]}"; do
+    grep -q "^$name=" "$f" 2>/dev/null && continue
+    (umask 077 && printf '%s=%s\n' "$name" "$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')" >>"$f")
+  done
   # shellcheck disable=SC1090
   source "$f"
 }
+pg_secrets() { stack_secrets; }
 
 pg_running() { "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; }
+
+# Secured stack: the server certificate in the data folder (PostgreSQL wants its key
+# owned by itself, mode 600), and client rules that accept TLS connections only.
+pg_secure() {
+  make_tls
+  install -m 600 -o "$PG_OWNER" "$TLS_DIR/server.pem" "$PG_DIR/data/server.crt"
+  install -m 600 -o "$PG_OWNER" "$TLS_DIR/server.key" "$PG_DIR/data/server.key"
+  cat >"$PG_DIR/data/pg_hba.conf" <<EOF
+# Generated by scripts/local_stack.sh (secured stack): TCP connections must use TLS.
+local   all all                scram-sha-256
+hostssl all all 127.0.0.1/32   scram-sha-256
+hostssl all all ::1/128        scram-sha-256
+EOF
+  chown "$PG_OWNER" "$PG_DIR/data/pg_hba.conf"
+}
 
 pg_start_server() {
   pg_running && return
   need_free_port "$PG_PORT" PG_PORT
+  local tls_options=""
+  if secured; then
+    pg_secure
+    tls_options=" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+  fi
   "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t "$READY_TIMEOUT" \
-    -o "-p $PG_PORT -k $PG_DIR/run -c listen_addresses=127.0.0.1" start >/dev/null \
+    -o "-p $PG_PORT -k $PG_DIR/run -c listen_addresses=127.0.0.1$tls_options" start >/dev/null \
     || die "PostgreSQL did not start; see $PG_DIR/server.log"
   poll_until "PostgreSQL" "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
 }
 
 psql_admin() {
-  PGOPTIONS="-c client_min_messages=warning" PGPASSWORD=$ADMIN_PASSWORD "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$PG_ADMIN_USER" "$@"
+  local tls=()
+  if secured; then tls=(PGSSLMODE=verify-full PGSSLROOTCERT="$TLS_DIR/ca.pem"); fi
+  env ${tls[@]+"${tls[@]}"} PGOPTIONS="-c client_min_messages=warning" PGPASSWORD="$ADMIN_PASSWORD" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$PG_ADMIN_USER" "$@"
 }
 
 start_pg() {
@@ -309,7 +449,11 @@ start_pg() {
     psql_admin -d postgres -c "CREATE DATABASE $PG_DB"
   fi
   psql_admin -d "$PG_DB" -f "$REPO/src/database/init.sql"
-  psql_admin -d "$PG_DB" -v app_user="$PG_APP_USER" -v app_password="$APP_PASSWORD" -f "$REPO/src/database/app_role.sql" >/dev/null
+  # The app password goes in on stdin (a \set line before the script), never on psql's
+  # command line, where ps would show it. Generated passwords are URL-safe base64; the
+  # quote doubling keeps any other value literal all the same.
+  { printf "\\set app_password '%s'\n" "${APP_PASSWORD//\'/\'\'}"; cat "$REPO/src/database/app_role.sql"; } \
+    | psql_admin -d "$PG_DB" -v app_user="$PG_APP_USER" -f - >/dev/null
 }
 
 stop_pg() {
@@ -320,14 +464,38 @@ stop_pg() {
 }
 
 # ---------------------------------------------------------------- commands
+# The services' settings. The owner URL only with --admin: whatever is written from this
+# (a .env, .stack/local.env) reaches the producer and the consumer.
 print_env() {
+  local admin=0
+  case ${1:-} in
+    --admin) admin=1 ;;
+    "") ;;
+    *) die "env takes --admin or nothing, not '$1'" ;;
+  esac
   echo "KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers)"
-  if has pg && [[ -f $(pg_password_file) ]]; then
-    # shellcheck disable=SC1090
-    source "$(pg_password_file)"
-    echo "DATABASE_URL=postgresql+psycopg2://$PG_APP_USER:$APP_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
-    echo "DATABASE_ADMIN_URL=postgresql+psycopg2://$PG_ADMIN_USER:$ADMIN_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+  [[ -f $(pg_password_file) ]] || return 0
+  # shellcheck disable=SC1090
+  source "$(pg_password_file)"
+  if secured && has kafka; then
+    echo "KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+    echo "KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+    echo "KAFKA_SASL_USERNAME=$KAFKA_USER"
+    echo "KAFKA_SASL_PASSWORD=${KAFKA_APP_PASSWORD:-}"
+    echo "KAFKA_SSL_CA_LOCATION=$TLS_DIR/ca.pem"
   fi
+  if has pg; then
+    echo "DATABASE_URL=postgresql+psycopg2://$PG_APP_USER:$APP_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+    local query=""
+    if secured; then
+      echo "POSTGRES_SSLMODE=verify-full"
+      echo "POSTGRES_SSLROOTCERT=$TLS_DIR/ca.pem"
+      # The owner URL is used as it is (tests, bench): the TLS parameters go inside it.
+      query="?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.pem"
+    fi
+    ((admin)) && echo "DATABASE_ADMIN_URL=postgresql+psycopg2://$PG_ADMIN_USER:$ADMIN_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB$query"
+  fi
+  return 0
 }
 
 cmd_start() {
@@ -336,7 +504,10 @@ cmd_start() {
   has pg && start_pg
   has kafka && start_kafka
   say "ready in $((SECONDS - t0))s (Kafka $KAFKA_VERSION, $KAFKA_NODES node(s); data in $STACK_DIR)"
-  print_env
+  # Nothing secret on stdout: start's output ends up in terminals and CI logs.
+  echo "KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers)"
+  has pg && say "the database URLs, passwords included: $0 env (app role), $0 env --admin (owner)"
+  return 0
 }
 
 cmd_stop() {
@@ -364,10 +535,12 @@ cmd_status() {
     done
     [[ -d $STACK_DIR/kafka/node1 ]] || { echo "kafka: not started"; ok=1; }
     if [[ -x $PYTHON ]] && pid_alive "$(node_dir 1)/pid"; then
-      KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers) "$PYTHON" - <<'EOF' || ok=1
-import os, sys
+      with_stack_env "$PYTHON" - <<'EOF' || ok=1
+import sys
 from confluent_kafka.admin import AdminClient
-admin = AdminClient({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]})
+from foodpipe.kafka import admin_config
+from foodpipe.settings import load_settings
+admin = AdminClient(admin_config(load_settings(_env_file=None)))
 try:
     md = admin.list_topics(timeout=10)
 except Exception as exc:  # noqa: BLE001 - a status line, not a crash
@@ -406,7 +579,7 @@ main() {
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    env) print_env ;;
+    env) print_env "$@" ;;
     kafka-jars) fetch_kafka; echo "$LIBS" ;;
     kafka-kill)
       # Wait until it is gone: a JVM takes a moment to die, and a kafka-start right

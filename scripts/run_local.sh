@@ -10,7 +10,8 @@
 #                `foodpipe status` and `foodpipe audit`, stop the services and exit
 #   -d           detach: start the services and return; logs are in .stack/logs/
 #
-# Settings come from the stack (.stack/local.env, written here) and then from .env.
+# Settings come from the stack (.stack/local.env, written here, mode 600, without the
+# owner's DATABASE_ADMIN_URL) and then from .env.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -61,7 +62,11 @@ done
 
 bash scripts/bootstrap.sh
 mkdir -p "$LOGS" "$RUN"
-scripts/local_stack.sh start >"$ENV_FILE"
+scripts/local_stack.sh start >/dev/null
+# The services' settings hold the app role's password: readable by this user only, and
+# without the owner's URL (the services run as the least-privilege role).
+rm -f "$ENV_FILE"
+(umask 077 && scripts/local_stack.sh env >"$ENV_FILE")
 # .env (if any) may add settings; the stack's addresses win because they are what runs.
 [[ -f .env ]] && grep -v -E '^(KAFKA_BOOTSTRAP_SERVERS|DATABASE_URL|DATABASE_ADMIN_URL)=' .env >>"$ENV_FILE" || true
 foodpipe() { .venv/bin/foodpipe --env-file "$ENV_FILE" "$@"; }

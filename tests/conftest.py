@@ -143,6 +143,10 @@ def stack() -> Iterator[Stack]:
     )
     if result.returncode != 0:
         pytest.fail(f"scripts/local_stack.sh start failed:\n{result.stderr}", pytrace=False)
+    # start prints no password; the owner URL comes from `env --admin` on request.
+    result = subprocess.run(
+        [script, "env", "--admin"], capture_output=True, text=True, timeout=60, check=True
+    )
     env = _parse_env(result.stdout)
     try:
         yield Stack(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_ADMIN_URL"], "local")

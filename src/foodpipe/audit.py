@@ -36,7 +36,6 @@ Reading order makes the audit safe on a running pipeline:
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import Engine, func, select
 
 from foodpipe.consumer.classify import ErrorClass
-from foodpipe.consumer.decode import decode
+from foodpipe.consumer.decode import decode, order_id_of
 from foodpipe.consumer.dlq import (
     HEADER_ERROR_CLASS,
     HEADER_ORIGINAL_OFFSET,
@@ -369,7 +368,7 @@ def _audit(
         except PoisonMessage:
             report.invalid_messages += 1
             per_partition_invalid[partition] += 1
-            maybe_id = _order_id_of(message.value())
+            maybe_id = order_id_of(message.value())
             if maybe_id is not None:
                 invalid_ids.add(maybe_id)
             origin = f"{partition}@{offset}"
@@ -476,7 +475,7 @@ def _read_dlq(
             report.dlq_repeats += 1
         origins[origin] = origins.get(origin, 0) + 1
         if error_class == ErrorClass.DB_CONSTRAINT:
-            order_id = _order_id_of(message.value())
+            order_id = order_id_of(message.value())
             if order_id is not None:
                 refused.add(order_id)
     report.dlq_records = len(origins)
@@ -497,22 +496,8 @@ def _explain_late_rows(
     ranges = {p: (marks[p][1], now[p][1]) for p in marks}
     wanted = set(unexplained)
     for message in read_range(settings, settings.kafka_topic, ranges, timeout_s):
-        order_id = _order_id_of(message.value())
+        order_id = order_id_of(message.value())
         if order_id in wanted:
             wanted.discard(order_id)
             report.late_rows += 1
     return sorted(wanted)
-
-
-def _order_id_of(value: bytes | None) -> str | None:
-    """The ``order_id`` of a message if it has a readable one (valid or not)."""
-    if not value or len(value) > 1024 * 1024:
-        return None
-    try:
-        document = json.loads(value)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: deeply nested JSON (``{"a":{"a":...`` 20,000 levels in 120 KB)
-        # is valid input to decode but exhausts the parser's stack; it is no order.
-        return None
-    order_id = document.get("order_id") if isinstance(document, dict) else None
-    return order_id if isinstance(order_id, str) else None

@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 
 from foodpipe.errors import FatalError
 from foodpipe.models import Order, OrderItem
-from foodpipe.settings import Settings
+from foodpipe.settings import Settings, redact_url
 
 metadata = MetaData()
 
@@ -419,7 +419,7 @@ def wait_for_database(engine: Engine, timeout_s: float) -> None:
     """
     deadline = time.monotonic() + timeout_s
     delay = 0.25
-    url = engine.url.render_as_string(hide_password=True)
+    url = redact_url(engine.url)
     while True:
         try:
             with engine.connect() as conn:
@@ -429,11 +429,19 @@ def wait_for_database(engine: Engine, timeout_s: float) -> None:
             code = getattr(exc.orig, "pgcode", None)
             first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             refused = _AUTH_REFUSED.search(str(exc.orig))
-            if refused or time.monotonic() + delay > deadline:
+            tls_failed = _TLS_FAILED.search(str(exc.orig))
+            if refused or tls_failed or time.monotonic() + delay > deadline:
                 if code == "42P01":
                     hint = "the orders table is missing; apply src/database/migrations"
                 elif code == "42501":
                     hint = "the role may not read orders; apply src/database/app_role.sql"
+                elif tls_failed:
+                    hint = (
+                        "the TLS connection failed; check POSTGRES_SSLMODE and"
+                        " POSTGRES_SSLROOTCERT (the CA that signed the server's certificate)"
+                    )
+                elif "no encryption" in str(exc.orig):
+                    hint = "the server accepts TLS connections only; set POSTGRES_SSLMODE"
                 elif refused:
                     hint = (
                         "authentication refused; check the user and password"
@@ -451,6 +459,15 @@ def wait_for_database(engine: Engine, timeout_s: float) -> None:
 _AUTH_REFUSED = re.compile(
     r"password authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"
     r"|database \".*\" does not exist",
+    re.IGNORECASE,
+)
+
+
+#: libpq's words for a TLS failure that waiting cannot cure (a refused certificate, a
+#: server that does not speak TLS while sslmode requires it, an unreadable key).
+_TLS_FAILED = re.compile(
+    r"SSL error|certificate verify failed|server does not support SSL|root certificate file"
+    r"|server certificate for .* does not match|private key file|certificate file",
     re.IGNORECASE,
 )
 

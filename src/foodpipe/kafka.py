@@ -6,13 +6,15 @@ consumer, the admin tools and the tests can never disagree about a setting.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from foodpipe.settings import Settings
@@ -20,6 +22,14 @@ from foodpipe.settings import Settings
 
 class BrokerUnreachable(Exception):
     """No broker answered within the deadline. ``str()`` is one line."""
+
+
+class BrokerRefused(BrokerUnreachable):
+    """A broker answered and refused us: the login or the TLS handshake failed.
+
+    Waiting longer cannot help, so it is raised at once. ``str()`` is one line naming
+    the settings to check.
+    """
 
 
 class _RepeatFilter(logging.Filter):
@@ -53,11 +63,79 @@ RDKAFKA_LOGGER.addFilter(_RepeatFilter())
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
+    """What every client shares: where the brokers are, and how to reach them securely."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "client.id": "foodpipe",
         "logger": RDKAFKA_LOGGER,
+        **security_config(settings),
     }
+
+
+def security_config(settings: Settings) -> dict[str, str]:
+    """``security.protocol`` and, when it asks for them, the SASL login and TLS files.
+
+    Every producer, consumer and admin client foodpipe builds gets these through
+    :func:`common_config`. Settings validation has already checked the combination
+    (a SASL protocol has a user and a password; TLS files only with a TLS protocol).
+    """
+    protocol = settings.kafka_security_protocol
+    config: dict[str, str] = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        password = settings.kafka_sasl_password
+        config["sasl.password"] = password.get_secret_value() if password else ""
+    if protocol.endswith("SSL"):
+        files = {
+            "ssl.ca.location": settings.kafka_ssl_ca_location,
+            "ssl.certificate.location": settings.kafka_ssl_certificate_location,
+            "ssl.key.location": settings.kafka_ssl_key_location,
+        }
+        config.update({key: str(path) for key, path in files.items() if path is not None})
+        if settings.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+        config["ssl.endpoint.identification.algorithm"] = settings.kafka_ssl_endpoint_identification
+    return config
+
+
+def java_security_properties(config: Mapping[str, Any]) -> dict[str, str]:
+    """The security part of a librdkafka ``config`` as Java client properties.
+
+    For Kafka's own Java tools the bench runs (``ProducerPerformance``), so they connect
+    exactly as foodpipe's clients do. PEM files are read into the properties: the Java
+    client takes a PEM key and chain inline, not as paths. The result holds secrets:
+    write it to a file only this user can read, never to a command line.
+    """
+    protocol = str(config.get("security.protocol", "PLAINTEXT"))
+    props = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        mechanism = str(config["sasl.mechanism"])
+        module = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule"
+            if mechanism == "PLAIN"
+            else "org.apache.kafka.common.security.scram.ScramLoginModule"
+        )
+        user, password = (
+            json.dumps(str(config[key])) for key in ("sasl.username", "sasl.password")
+        )
+        props["sasl.mechanism"] = mechanism
+        props["sasl.jaas.config"] = f"{module} required username={user} password={password};"
+    if protocol.endswith("SSL"):
+        if "ssl.ca.location" in config:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = str(config["ssl.ca.location"])
+        if "ssl.certificate.location" in config:
+            props["ssl.keystore.type"] = "PEM"
+            props["ssl.keystore.certificate.chain"] = Path(
+                config["ssl.certificate.location"]
+            ).read_text()
+            props["ssl.keystore.key"] = Path(config["ssl.key.location"]).read_text()
+            if "ssl.key.password" in config:
+                props["ssl.key.password"] = str(config["ssl.key.password"])
+        algorithm = config.get("ssl.endpoint.identification.algorithm", "https")
+        props["ssl.endpoint.identification.algorithm"] = "" if algorithm == "none" else "https"
+    return props
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -183,7 +261,15 @@ def wait_for_broker(
     """
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
+    # After a failed attempt, a client that reports librdkafka's errors tells a refused
+    # login or certificate apart from a broker that is not there (list_topics says
+    # "Broker transport failure" for all three).
+    reported: list[KafkaError] = []
+    probe: AdminClient | None = None
     while True:
+        refusal = _refusal(reported, settings)
+        if refusal:
+            raise BrokerRefused(refusal)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise BrokerUnreachable(
@@ -192,13 +278,42 @@ def wait_for_broker(
                 "Check KAFKA_BOOTSTRAP_SERVERS"
             )
         try:
-            metadata = admin.list_topics(timeout=min(2.0, max(remaining, 0.1)))
+            metadata = (probe or admin).list_topics(timeout=min(2.0, max(remaining, 0.1)))
         except KafkaException as exc:
             last_error = str(exc.args[0].str() if exc.args else exc)
+            if probe is None:
+                probe = AdminClient(admin_config(settings, error_cb=reported.append))
+            else:
+                probe.poll(0)  # error_cb is served by poll
             continue
         if len(metadata.brokers) >= min_brokers:
             return
         last_error = f"{len(metadata.brokers)} of {min_brokers} brokers registered"
+
+
+def _refusal(reported: list[KafkaError], settings: Settings) -> str | None:
+    """One line for a refused login or TLS handshake among ``reported``, else None."""
+    where = f"Kafka at {settings.kafka_bootstrap_servers}"
+    for error in reported:
+        # "sasl_ssl://host:port/bootstrap: SASL authentication error: ... (after 3ms in
+        # state AUTH_REQ)": keep the middle.
+        detail = error.str().split(" (after ")[0]
+        if "://" in detail.split(": ", 1)[0]:
+            detail = detail.split(": ", 1)[-1]
+        if error.code() == KafkaError._AUTHENTICATION:
+            return (
+                f"{where} refused the login of KAFKA_SASL_USERNAME="
+                f"{settings.kafka_sasl_username} ({detail}); check KAFKA_SASL_USERNAME,"
+                " KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+            )
+        if error.code() == KafkaError._SSL:
+            detail = detail.split(": broker certificate could not be verified")[0]
+            return (
+                f"TLS with {where} failed ({detail}); check KAFKA_SSL_CA_LOCATION (the CA"
+                " that signed the broker's certificate), the host name in"
+                " KAFKA_BOOTSTRAP_SERVERS and KAFKA_SECURITY_PROTOCOL"
+            )
+    return None
 
 
 def ensure_topics(

@@ -45,11 +45,15 @@ The HTTP server (:func:`serve`) is a small threaded ``http.server``: ``/healthz`
 200 while the process runs; ``/readyz`` answers 200 or 503 from a callable the service
 supplies (connected, and for the consumer, partitions assigned); ``/metrics`` is the
 Prometheus text format. It binds ``METRICS_HOST:METRICS_PORT``; port 0 turns it off.
+It serves at most :data:`MAX_CONNECTIONS` clients at once, each for at most
+:data:`CLIENT_TIMEOUT_S` seconds of silence, and a client that goes away early costs one
+debug log line, not a traceback on stderr.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -67,6 +71,13 @@ from foodpipe.log import get_logger
 from foodpipe.settings import ConfigError, Settings
 
 PREFIX = "foodpipe"
+
+#: Connections served at once. Probes and scrapes come one at a time; a client beyond
+#: this is closed at once instead of getting a thread (50 slow clients held 50 threads).
+MAX_CONNECTIONS = 16
+#: Seconds a client may take to send its request or read the answer; a slow or silent
+#: one loses its connection and frees its thread.
+CLIENT_TIMEOUT_S = 5.0
 
 #: Messages per batch: from a trickle (1) to the largest BATCH_SIZE allowed.
 BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 100_000)
@@ -407,6 +418,11 @@ class ConsumerReadiness:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
+    def setup(self) -> None:
+        # Before the handler wraps the socket; its own ``timeout`` stays None.
+        self.request.settimeout(self.server.client_timeout_s)
+        super().setup()
+
     def do_GET(self) -> None:
         self._respond(send_body=True)
 
@@ -443,16 +459,53 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # A restarted service must be able to bind its port again at once.
     allow_reuse_address = True
+    # Accept a burst of connections (and refuse those over MAX_CONNECTIONS at once)
+    # rather than leave them in the kernel's queue of 5.
+    request_queue_size = 64
 
     def __init__(
         self,
         address: tuple[str, int],
         registry: CollectorRegistry,
         ready: Callable[[], bool],
+        client_timeout_s: float = CLIENT_TIMEOUT_S,
     ) -> None:
         self.registry = registry
         self._ready = ready
+        self.client_timeout_s = client_timeout_s
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._log = get_logger("observability")
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started: give the slot back here
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line instead of socketserver's traceback on stderr.
+
+        A client that disconnects early or too slowly is routine (a probe timing out,
+        a scraper restarting), so it is logged at debug; anything else at warning.
+        """
+        exc = sys.exc_info()[1]
+        level = "debug" if isinstance(exc, OSError) else "warning"
+        getattr(self._log, level)(
+            "http client dropped",
+            client=str(client_address[0]) if client_address else "",
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -515,11 +568,15 @@ class HealthServer:
 
 
 def start_http(
-    host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    ready: Callable[[], bool],
+    timeout_s: float = CLIENT_TIMEOUT_S,
 ) -> HealthServer:
     """Bind ``host:port`` (0 picks a free port, for tests) and serve in a thread."""
     try:
-        server = _Server((host, port), registry, ready)
+        server = _Server((host, port), registry, ready, timeout_s)
     except OSError as exc:
         raise ConfigError(
             f"METRICS_PORT: cannot listen on {host}:{port} ({exc.strerror or exc}); choose"

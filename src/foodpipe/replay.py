@@ -34,7 +34,6 @@ disturb the consumers.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from foodpipe.consumer.classify import ErrorClass
-from foodpipe.consumer.decode import decode
+from foodpipe.consumer.decode import decode, order_id_of
 from foodpipe.consumer.dlq import (
     HEADER_CONSUMER_GROUP,
     HEADER_ERROR_CLASS,
@@ -130,14 +129,9 @@ class DeadLetter:
     @property
     def order_id(self) -> str | None:
         """The ``order_id`` in the value, if the value is a JSON object that has one."""
-        if not self.value or self.truncated:
+        if self.truncated:
             return None
-        try:
-            document = json.loads(self.value)
-        except (ValueError, UnicodeDecodeError):
-            return None
-        order_id = document.get("order_id") if isinstance(document, dict) else None
-        return order_id if isinstance(order_id, str) else None
+        return order_id_of(self.value)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -10,15 +10,19 @@ variable and what was expected; the CLI prints that line and exits 2, with no tr
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from foodpipe.log import scrub
 
 # Values that appear in .env.example. Outside development they are refused so that a
 # copied example file can never reach production with a guessable password.
@@ -70,6 +74,39 @@ class Settings(BaseSettings):
     kafka_retention_ms: int = Field(
         7 * 24 * 3600 * 1000, ge=60_000, description="Retention of the orders topic (7 days)"
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (TLS and a login);"
+        " every Kafka client foodpipe makes uses it",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*"
+    )
+    kafka_sasl_username: str | None = Field(
+        None, description="SASL user name (required with SASL_SSL or SASL_PLAINTEXT)"
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (a secret; or KAFKA_SASL_PASSWORD_FILE)"
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates (SSL,"
+        " SASL_SSL); unset: the system's trusted CAs",
+    )
+    kafka_ssl_certificate_location: Path | None = Field(
+        None, description="PEM client certificate, for brokers that require mutual TLS"
+    )
+    kafka_ssl_key_location: Path | None = Field(
+        None, description="PEM private key of the client certificate"
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key (a secret)"
+    )
+    kafka_ssl_endpoint_identification: Literal["https", "none"] = Field(
+        "https",
+        description="https: the broker's certificate must name the host foodpipe connects"
+        " to; none turns that check off (never in production)",
+    )
     database_url: SecretStr | None = Field(
         None,
         description="SQLAlchemy URL of PostgreSQL, e.g. postgresql+psycopg2://user:pw@host:5432/db;"
@@ -81,6 +118,23 @@ class Settings(BaseSettings):
     postgres_user: str = Field("foodpipe_app", description="PostgreSQL user")
     postgres_password: SecretStr = Field(
         SecretStr("change-me"), description="PostgreSQL password (a secret: keep it in .env)"
+    )
+    postgres_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = Field(
+        None,
+        description="libpq sslmode: disable ... require (encrypted), verify-ca (and the"
+        " CA is trusted), verify-full (and the host name matches); unset: libpq's default"
+        " (prefer) or the URL's ?sslmode=",
+    )
+    postgres_sslrootcert: Path | None = Field(
+        None, description="PEM file of the CA(s) trusted for the server's certificate"
+    )
+    postgres_sslcert: Path | None = Field(
+        None, description="PEM client certificate, for servers that require one"
+    )
+    postgres_sslkey: Path | None = Field(
+        None, description="PEM private key of the client certificate (mode 600)"
     )
     db_pool_size: int = Field(2, ge=1, le=50, description="SQLAlchemy connection pool size")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -175,6 +229,103 @@ class Settings(BaseSettings):
             raise ValueError("the port is not a number") from None
         return value
 
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_ssl_ca_location",
+        "kafka_ssl_certificate_location",
+        "kafka_ssl_key_location",
+        "postgres_sslmode",
+        "postgres_sslrootcert",
+        "postgres_sslcert",
+        "postgres_sslkey",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # "NAME=" in a .env file (or .env.example's "# NAME=") means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "kafka_ssl_ca_location",
+        "kafka_ssl_certificate_location",
+        "kafka_ssl_key_location",
+        "postgres_sslrootcert",
+        "postgres_sslcert",
+        "postgres_sslkey",
+    )
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        # A missing file would otherwise surface as a TLS error on the first connect.
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"{value} is not readable by this user")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        tls = protocol.endswith("SSL")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and"
+                " KAFKA_SASL_PASSWORD"
+            )
+        # The user name, not the password: a placeholder password may sit in a copied
+        # .env.example; a user name is only ever set on purpose.
+        if not sasl and self.kafka_sasl_username:
+            raise ValueError(
+                f"KAFKA_SASL_USERNAME is set but KAFKA_SECURITY_PROTOCOL is {protocol};"
+                " use SASL_SSL (or unset it)"
+            )
+        password = self.kafka_sasl_password
+        if (
+            sasl
+            and self.foodpipe_env is Environment.PRODUCTION
+            and password is not None
+            and password.get_secret_value() in PLACEHOLDER_PASSWORDS
+        ):
+            raise ValueError(
+                "KAFKA_SASL_PASSWORD is a placeholder; set a real one (FOODPIPE_ENV=production"
+                " refuses placeholders)"
+            )
+        tls_files = {
+            "KAFKA_SSL_CA_LOCATION": self.kafka_ssl_ca_location,
+            "KAFKA_SSL_CERTIFICATE_LOCATION": self.kafka_ssl_certificate_location,
+            "KAFKA_SSL_KEY_LOCATION": self.kafka_ssl_key_location,
+        }
+        given = [name for name, value in tls_files.items() if value is not None]
+        if given and not tls:
+            raise ValueError(
+                f"{given[0]} is set but KAFKA_SECURITY_PROTOCOL is {protocol}; use SSL or"
+                " SASL_SSL (or unset it)"
+            )
+        if (self.kafka_ssl_certificate_location is None) != (self.kafka_ssl_key_location is None):
+            raise ValueError(
+                "KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_postgres_tls(self) -> Settings:
+        if (self.postgres_sslcert is None) != (self.postgres_sslkey is None):
+            raise ValueError("POSTGRES_SSLCERT and POSTGRES_SSLKEY go together")
+        wanted = self._tls_query()
+        if self.database_url is not None and wanted:
+            query = make_url(self.database_url.get_secret_value()).query
+            for key, value in wanted.items():
+                if key in query and query[key] != value:
+                    raise ValueError(
+                        f"POSTGRES_{key.upper()}={value} but DATABASE_URL has"
+                        f" ?{key}={query[key]}; set it in one place"
+                    )
+        if self.postgres_sslmode == "disable" and len(wanted) > 1:
+            raise ValueError("POSTGRES_SSLMODE=disable, yet certificate files are set")
+        return self
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.kafka_dlq_topic == self.kafka_topic:
@@ -214,22 +365,41 @@ class Settings(BaseSettings):
             )
         if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg2")
-        return url
+        tls = self._tls_query()
+        return url.update_query_dict(tls) if tls else url
+
+    def _tls_query(self) -> dict[str, str]:
+        """The POSTGRES_SSL* settings as libpq connection parameters (those that are set)."""
+        values = {
+            "sslmode": self.postgres_sslmode,
+            "sslrootcert": self.postgres_sslrootcert,
+            "sslcert": self.postgres_sslcert,
+            "sslkey": self.postgres_sslkey,
+        }
+        return {key: str(value) for key, value in values.items() if value is not None}
 
     def redacted_database_url(self) -> str:
         """Safe to log: the password is replaced by ***."""
-        return self.sqlalchemy_url().render_as_string(hide_password=True)
+        return redact_url(self.sqlalchemy_url())
 
     def public_view(self) -> dict[str, Any]:
         """Every setting with secrets masked, for start-up logs."""
         view = self.model_dump(mode="json")
         view["database_url"] = self.redacted_database_url()
         if self.database_admin_url is not None:
-            view["database_admin_url"] = make_url(
-                self.database_admin_url.get_secret_value()
-            ).render_as_string(hide_password=True)
+            view["database_admin_url"] = redact_url(
+                make_url(self.database_admin_url.get_secret_value())
+            )
         view["postgres_password"] = "***"  # noqa: S105 - the mask, not a password
+        for secret in ("kafka_sasl_password", "kafka_ssl_key_password"):
+            if view.get(secret) is not None:
+                view[secret] = "***"
         return view
+
+
+def redact_url(url: URL) -> str:
+    """``url`` as text with its password masked, in the user part and in the query."""
+    return scrub(url.render_as_string(hide_password=True))
 
 
 def env_var_name(field_name: str) -> str:
@@ -238,10 +408,49 @@ def env_var_name(field_name: str) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate settings, turning pydantic's report into one line."""
+    values = {**secrets_from_files(os.environ), **overrides}
     try:
-        return Settings(**overrides)
+        return Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+#: Settings that are secrets (``SecretStr``): each may also be read from a file.
+SECRET_FIELDS = tuple(
+    name
+    for name, field in Settings.model_fields.items()
+    if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+)
+
+
+def secrets_from_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """Secrets named by ``<NAME>_FILE`` variables, e.g. ``POSTGRES_PASSWORD_FILE``.
+
+    The convention of the official postgres image: Compose mounts each secret as a file
+    under ``/run/secrets/`` and the container's environment holds only its path, so the
+    secret never shows in ``docker inspect``. One trailing newline is dropped (``echo``
+    writes one). ``<NAME>`` and ``<NAME>_FILE`` together are refused: which one wins
+    would be a guess.
+    """
+    found = {}
+    for field in SECRET_FIELDS:
+        name = env_var_name(field)
+        path = environ.get(f"{name}_FILE")
+        if not path:
+            continue
+        if environ.get(name):
+            raise ConfigError(
+                f"invalid configuration: {name} and {name}_FILE are both set; keep one"
+            )
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(
+                f"invalid configuration: {name}_FILE: cannot read {path} ({reason})"
+            ) from None
+        found[field] = text.removesuffix("\n").removesuffix("\r")
+    return found
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -35,7 +35,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from foodpipe.cli import COMMANDS
 from foodpipe.settings import PLACEHOLDER_PASSWORDS
@@ -359,6 +359,27 @@ def test_app_role_sql_grants_only_select_and_insert_on_orders(
             )
         ).scalar_one()
     assert public == 0, "the app role passed its privileges on"
+
+
+def test_app_role_sql_takes_back_what_postgresql_grants_to_public(
+    pipeline: Pipeline, product_role: tuple[str, str, str]
+) -> None:
+    """PostgreSQL grants CONNECT and TEMPORARY on every database to PUBLIC by default."""
+    _role, _password, url = product_role
+    for other in ("postgres", "template1"):
+        engine = create_engine(make_url(url).set(database=other))
+        try:
+            with pytest.raises(OperationalError, match="permission denied for database"):
+                engine.connect().close()
+        finally:
+            engine.dispose()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn, pytest.raises(ProgrammingError) as refused:
+            conn.execute(text("CREATE TEMPORARY TABLE app_temp (x int)"))
+        assert getattr(refused.value.orig, "pgcode", "") == "42501"
+    finally:
+        engine.dispose()
 
 
 def test_the_local_stacks_app_role_is_least_privilege(stack: Stack) -> None:

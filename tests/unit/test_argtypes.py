@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from foodpipe.cli import main
 from foodpipe.commands.argtypes import number, whole
 
 
@@ -48,3 +49,29 @@ def test_errors_name_the_value_and_what_is_expected(
     with pytest.raises(argparse.ArgumentTypeError) as caught:
         parser(text)
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["consume", "--wait", "-5"],
+        ["consume", "--wait", "nan"],
+        ["topics", "--wait", "-1"],
+        ["topics", "--min-brokers", "0"],
+        ["audit", "--timeout", "-1"],
+        ["dlq", "list", "--timeout", "0"],
+        ["dlq", "list", "--limit", "-3"],
+        ["dlq", "list", "--partition", "-1"],
+        ["dlq", "replay", "--timeout", "inf"],
+    ],
+)
+def test_every_command_refuses_a_negative_or_endless_wait(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found: `foodpipe consume --wait -5` was accepted, then blamed the broker.
+    with pytest.raises(SystemExit) as exited:
+        main(["--env-file", "/dev/null", *argv])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[-2]}: " in err
+    assert "must be" in err or "is not between" in err

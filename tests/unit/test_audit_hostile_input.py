@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from foodpipe.audit import _order_id_of
+from foodpipe.consumer.decode import order_id_of
 
 
 @pytest.mark.parametrize(
@@ -24,10 +24,10 @@ from foodpipe.audit import _order_id_of
     ],
 )
 def test_unreadable_messages_have_no_order_id(value: bytes | None) -> None:
-    assert _order_id_of(value) is None
+    assert order_id_of(value) is None
 
 
 def test_a_readable_message_gives_its_order_id() -> None:
-    assert _order_id_of(b'{"order_id": "ORD-20250110-00001", "x": [[[1]]]}') == (
+    assert order_id_of(b'{"order_id": "ORD-20250110-00001", "x": [[[1]]]}') == (
         "ORD-20250110-00001"
     )

@@ -202,6 +202,16 @@ def test_children_get_every_setting_with_secrets_revealed() -> None:
     assert isinstance(settings.database_admin_url, SecretStr)
 
 
+def test_children_never_get_the_owner_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The consumer and producer run as the least-privilege role, in the bench as in
+    # production: the owner's URL is for the bench's own scratch databases only.
+    monkeypatch.setenv("DATABASE_ADMIN_URL", "postgresql://o:0wner-env@h/d")
+    settings = load_settings(_env_file=None, database_admin_url="postgresql://o:0wner@h/d")
+    env = procs.child_env(settings)
+    assert "DATABASE_ADMIN_URL" not in env
+    assert not any("0wner" in value for value in env.values())
+
+
 def test_without_an_owner_url_the_bench_says_which_setting_is_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

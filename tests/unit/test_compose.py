@@ -54,6 +54,25 @@ SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
 NOT_PASSED = {
     "DATABASE_URL": "Compose passes the POSTGRES_* parts, so no password sits inside a URL",
     "DATABASE_ADMIN_URL": "the owner account is for tooling and humans, never for a service",
+    **dict.fromkeys(
+        (
+            "KAFKA_SECURITY_PROTOCOL",
+            "KAFKA_SASL_MECHANISM",
+            "KAFKA_SASL_USERNAME",
+            "KAFKA_SASL_PASSWORD",
+            "KAFKA_SSL_CA_LOCATION",
+            "KAFKA_SSL_CERTIFICATE_LOCATION",
+            "KAFKA_SSL_KEY_LOCATION",
+            "KAFKA_SSL_KEY_PASSWORD",
+            "KAFKA_SSL_ENDPOINT_IDENTIFICATION",
+            "POSTGRES_SSLMODE",
+            "POSTGRES_SSLROOTCERT",
+            "POSTGRES_SSLCERT",
+            "POSTGRES_SSLKEY",
+        ),
+        "the Compose stacks talk PLAINTEXT on their private network by design (README,"
+        " Security); TLS and SASL are for deployments against managed services",
+    ),
 }
 
 #: What each foodpipe service cannot do without (its defaults are wrong in a container,

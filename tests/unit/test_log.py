@@ -6,6 +6,8 @@ import io
 import json
 import logging
 
+import pytest
+
 from foodpipe.log import configure_logging, get_logger, scrub
 
 
@@ -50,3 +52,27 @@ def test_console_format_for_terminals() -> None:
     get_logger("x").debug("hello", order_id="ORD-1")
     assert "hello" in out.getvalue()
     assert "ORD-1" in out.getvalue()
+
+
+def _connect(dsn: str, password: str) -> None:
+    # Both are locals of the frame that raises: a traceback with locals shows them.
+    raise ConnectionError(f"could not connect to {dsn}")
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_exception_tracebacks_never_show_locals_or_url_passwords(fmt: str) -> None:
+    out = io.StringIO()
+    configure_logging("INFO", fmt, stream=out)
+    # Built at run time: a traceback quotes source lines, and this test is about values.
+    secret = "-".join(("hunter2", "local"))
+    dsn = "postgresql://app:{}@db:5432/foodpipe".format("-".join(("hunter2", "url")))
+    for logger in (logging.getLogger("sqlalchemy.pool"), get_logger("db")):
+        try:
+            _connect(dsn, secret)
+        except ConnectionError:
+            logger.exception("connect failed")
+    text = out.getvalue()
+    assert text.count("connect failed") == 2
+    assert "ConnectionError" in text  # the traceback is there, only without secrets
+    assert "hunter2-local" not in text
+    assert "hunter2-url" not in text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from foodpipe.consumer.stats import ConsumerStats
 from foodpipe.observability import (
+    MAX_CONNECTIONS,
     ConsumerMetrics,
     HealthServer,
     ProducerMetrics,
@@ -23,6 +26,7 @@ from foodpipe.observability import (
 )
 from foodpipe.producer.stats import ProducerStats
 from foodpipe.settings import ConfigError, load_settings
+from tests.support import wait_until
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -243,3 +247,67 @@ def test_a_busy_port_is_one_line_naming_the_setting() -> None:
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"METRICS_PORT: cannot listen on 127.0.0.1:{port}")
+
+
+# ------------------------------------------------------------ hostile or broken clients
+
+
+def _wait_closed_by_server(sock: socket.socket, deadline_s: float) -> bool:
+    """True when the server closes ``sock`` (EOF or reset) within ``deadline_s``."""
+    sock.settimeout(deadline_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        return get(url)[0] == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
+
+
+def test_an_idle_client_is_dropped_after_the_socket_timeout() -> None:
+    with start_http("127.0.0.1", 0, CollectorRegistry(), lambda: True, timeout_s=0.5) as running:
+        assert running.port is not None
+        with socket.create_connection(("127.0.0.1", running.port)) as idle:
+            idle.sendall(b"GET /metr")  # a request that never ends
+            assert _wait_closed_by_server(idle, 10.0), "the server kept an idle client"
+        assert get(f"{running.url}/healthz")[0] == 200
+
+
+def test_slow_clients_hold_at_most_the_thread_cap() -> None:
+    with start_http("127.0.0.1", 0, CollectorRegistry(), lambda: True, timeout_s=30) as running:
+        assert running.port is not None
+        before = threading.active_count()
+        slow = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(50)]
+        try:
+            # Over the cap, the server refuses at once instead of starting a thread.
+            dropped = sum(_wait_closed_by_server(s, 0.2) for s in slow)
+            assert dropped >= 50 - MAX_CONNECTIONS
+            assert threading.active_count() - before <= MAX_CONNECTIONS
+        finally:
+            for s in slow:
+                s.close()
+        wait_until(lambda: _answers(f"{running.url}/healthz"), timeout=10, message="a free slot")
+
+
+def test_clients_that_disconnect_early_leave_no_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with start_http("127.0.0.1", 0, CollectorRegistry(), lambda: True) as running:
+        assert running.port is not None
+        for partial in (b"", b"GET /metrics HTTP/1.1\r\n", b"GET /metrics HTTP/1.1\r\n\r\n"):
+            for _ in range(10):
+                client = socket.create_connection(("127.0.0.1", running.port))
+                client.sendall(partial)
+                # SO_LINGER 0: close with a reset, like a client that crashed.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+        assert get(f"{running.url}/healthz")[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert "Exception occurred during processing" not in err

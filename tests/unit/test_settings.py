@@ -6,6 +6,7 @@ import pytest
 
 from foodpipe.cli import main
 from foodpipe.db import make_engine
+from foodpipe.log import scrub
 from foodpipe.settings import ConfigError, Settings, load_settings
 
 
@@ -137,3 +138,16 @@ def test_cli_rejects_unknown_flags(capsys: pytest.CaptureFixture[str]) -> None:
         main(["config", "--no-such-flag"])
     assert info.value.code == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("query", ["password=qsecret", "sslmode=disable&PassWord=qsecret"])
+def test_a_password_in_the_url_query_is_masked(
+    query: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://u@h/db?{query}")
+    monkeypatch.setenv("DATABASE_ADMIN_URL", f"postgresql://owner@h/db?{query}")
+    assert main(["--env-file", "/dev/null", "config"]) == 0
+    out = capsys.readouterr().out
+    assert "qsecret" not in out
+    assert "password=***" in out.lower()
+    assert "qsecret" not in scrub(f"connecting to postgresql://u@h/db?{query}")

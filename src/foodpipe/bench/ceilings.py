@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL
 
 from foodpipe.bench.data import COLUMNS, Dataset
 from foodpipe.bench.scratch import connect
-from foodpipe.kafka import consumer_config
+from foodpipe.kafka import consumer_config, java_security_properties
 from foodpipe.settings import Settings
 
 _INSERT = (
@@ -164,6 +164,14 @@ def kafka_produce(
         for key in JAVA_PRODUCER_KEYS
         if key in producer_props
     ]
+    security_file = log_dir / "producer-security.properties"
+    security_file.touch(mode=0o600)
+    security_file.write_text(
+        "".join(
+            f"{key}={_java_escape(value)}\n"
+            for key, value in java_security_properties(producer_props).items()
+        )
+    )
     argv = [
         tools.java,
         "-Xmx512m",
@@ -186,13 +194,24 @@ def kafka_produce(
         "--command-property",
         *props,
         "client.id=foodpipe-bench",
+        # The security settings (a SASL password, a key) in a file only this user reads.
+        "--command-config",
+        str(security_file),
     ]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        security_file.unlink(missing_ok=True)
     summary = parse_perf_summary(result.stdout)
     if result.returncode != 0 or summary is None:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"ProducerPerformance failed (exit {result.returncode}): {tail}")
     return summary
+
+
+def _java_escape(value: str) -> str:
+    """A value for a Java ``.properties`` file: backslashes and line breaks escaped."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def parse_perf_summary(output: str) -> PerfResult | None:

@@ -71,15 +71,21 @@ class PeakRss:
         return self._peak_kib / 1024.0
 
 
+#: Settings a benchmark child must not receive.
+_OWNER_ONLY = frozenset({"DATABASE_ADMIN_URL"})
+
+
 def child_env(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment of a ``foodpipe`` child: the bench's settings plus ``overrides``.
 
     Every setting is passed explicitly (children run with ``--env-file /dev/null``), so
-    a child sees exactly what the bench resolved, including values from ``.env``.
+    a child sees exactly what the bench resolved, including values from ``.env``. All
+    but the owner's URL: the children (the consumer among them) run as the
+    least-privilege role, as in production; only the bench itself creates databases.
     """
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items() if name not in _OWNER_ONLY}
     for name, value in settings.model_dump().items():
-        if value is None:
+        if value is None or name.upper() in _OWNER_ONLY:
             env.pop(name.upper(), None)
             continue
         if isinstance(value, SecretStr):

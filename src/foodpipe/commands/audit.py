@@ -21,6 +21,7 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from foodpipe.audit import AuditReport, audit
+from foodpipe.commands.argtypes import number
 from foodpipe.kafka import admin_config, wait_for_broker
 from foodpipe.log import configure_logging, scrub
 from foodpipe.offsets import ReadTimeout, TopicMissing
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=number(above=0),
         default=300.0,
         metavar="SECONDS",
         help="deadline for reading the topics (default 300)",

@@ -3,7 +3,7 @@
 It uses the Kafka and PostgreSQL named by the settings, or starts the local stack
 (``scripts/local_stack.sh start``) when no broker answers. It needs the owner URL
 (``DATABASE_ADMIN_URL``) to create its scratch databases; with the local stack running
-it takes it from ``scripts/local_stack.sh env``. What it measures and why is in
+it takes it from ``scripts/local_stack.sh env --admin``. What it measures and why is in
 :mod:`foodpipe.bench`; the results go to ``<out>/<date>.json``, ``.md`` and ``.png``.
 
 Exit 0 when the bench ran (with ``--check-targets``: and every required target was
@@ -212,7 +212,7 @@ def _broker_answers(settings: Settings, timeout_s: float) -> bool:
     return True
 
 
-def _stack_env(command: str) -> dict[str, str]:
+def _stack_env(*command: str) -> dict[str, str]:
     """``scripts/local_stack.sh COMMAND``'s ``KEY=VALUE`` lines."""
     if not STACK_SCRIPT.is_file():
         raise StackUnavailable(
@@ -220,11 +220,11 @@ def _stack_env(command: str) -> dict[str, str]:
             " start Kafka and PostgreSQL and set KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL"
         )
     result = subprocess.run(
-        [str(STACK_SCRIPT), command], capture_output=True, text=True, timeout=900, check=False
+        [str(STACK_SCRIPT), *command], capture_output=True, text=True, timeout=900, check=False
     )
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise StackUnavailable(f"scripts/local_stack.sh {command} failed: {last}")
+        raise StackUnavailable(f"scripts/local_stack.sh {' '.join(command)} failed: {last}")
     return dict(
         line.split("=", 1) for line in result.stdout.splitlines() if re.match(r"^[A-Z_]+=", line)
     )
@@ -236,7 +236,8 @@ def ensure_stack(settings: Settings, env_file: str, log: Any) -> Settings:
     if not _broker_answers(settings, 5.0):
         log.info("no broker answers; starting the local stack")
         started = time.monotonic()
-        stack = _stack_env("start")
+        _stack_env("start")  # prints no password: the URLs come from env --admin
+        stack = _stack_env("env", "--admin")
         log.info("local stack up", seconds=round(time.monotonic() - started, 1))
         overrides = {
             "kafka_bootstrap_servers": stack["KAFKA_BOOTSTRAP_SERVERS"],
@@ -245,7 +246,7 @@ def ensure_stack(settings: Settings, env_file: str, log: Any) -> Settings:
         }
     elif settings.database_admin_url is None and STACK_SCRIPT.is_file():
         # The local stack knows its own owner URL; use it when the broker is the stack's.
-        stack = _stack_env("env")
+        stack = _stack_env("env", "--admin")
         if stack.get("KAFKA_BOOTSTRAP_SERVERS") == settings.kafka_bootstrap_servers:
             overrides["database_admin_url"] = stack.get("DATABASE_ADMIN_URL", "")
             if settings.database_url is None and "DATABASE_URL" in stack:
@@ -255,7 +256,7 @@ def ensure_stack(settings: Settings, env_file: str, log: Any) -> Settings:
     if settings.database_admin_url is None:
         raise ConfigError(
             "DATABASE_ADMIN_URL is not set: the bench creates scratch databases as the owner;"
-            " set it to the owner's URL (scripts/local_stack.sh env prints it)"
+            " set it to the owner's URL (scripts/local_stack.sh env --admin prints it)"
         )
     if not _broker_answers(settings, 30.0):
         raise StackUnavailable(

@@ -13,6 +13,7 @@ import signal
 import sys
 from types import FrameType
 
+from foodpipe.commands.argtypes import number
 from foodpipe.consumer.app import ConsumerApp
 from foodpipe.errors import MembershipLost
 from foodpipe.log import scrub
@@ -22,7 +23,7 @@ from foodpipe.settings import Settings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait",
-        type=float,
+        type=number(above=0),
         default=30.0,
         metavar="SECONDS",
         help="how long to wait at start for the broker, the topics and PostgreSQL (default 30)",

@@ -27,6 +27,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from foodpipe.commands.argtypes import number, whole
+from foodpipe.commands.inert import inert
 from foodpipe.consumer.classify import ErrorClass
 from foodpipe.db import CONSUMER_SESSION, make_engine, wait_for_database
 from foodpipe.kafka import admin_config, wait_for_broker
@@ -57,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _filters(listing)
     listing.add_argument(
-        "--limit", type=int, default=200, metavar="N", help="show at most N (default 200)"
+        "--limit", type=whole(low=1), default=200, metavar="N", help="show at most N (default 200)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON document")
 
@@ -109,7 +111,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
         "--reason", default=None, metavar="TEXT", help="only reasons containing TEXT (any case)"
     )
     parser.add_argument(
-        "--partition", type=int, default=None, metavar="P", help="only this DLQ partition"
+        "--partition", type=whole(low=0), default=None, metavar="P", help="only this DLQ partition"
     )
     parser.add_argument(
         "--offset-range",
@@ -119,7 +121,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=number(above=0),
         default=120.0,
         metavar="SECONDS",
         help="deadline for reading the dead-letter topic (default 120)",
@@ -177,25 +179,7 @@ def _list(
         }
         sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
         return 0
-    table = Table(
-        title=f"{settings.kafka_dlq_topic}: {matched} of {total} dead letters match"
-        + (f" (first {len(letters)} shown)" if len(letters) < matched else ""),
-        title_justify="left",
-    )
-    for column in ("dlq", "from", "error class", "order_id", "reason", "failed at"):
-        table.add_column(column, overflow="fold")
-    for letter in letters:
-        reason = letter.reason
-        if len(reason) > REASON_WIDTH:
-            reason = reason[: REASON_WIDTH - 1] + "…"
-        table.add_row(
-            letter.position,
-            letter.origin,
-            letter.error_class,
-            letter.order_id or "-",
-            reason,
-            letter.failed_at[:19].replace("T", " "),
-        )
+    table = render_list(settings.kafka_dlq_topic, letters, matched, total)
     Console().print(table)
     return 0
 
@@ -235,14 +219,40 @@ def _replay(
     return 0
 
 
+def render_list(topic: str, letters: list[DeadLetter], matched: int, total: int) -> Table:
+    """The ``dlq list`` table. Every cell that comes from a message is :func:`inert`."""
+    table = Table(
+        title=inert(
+            f"{topic}: {matched} of {total} dead letters match"
+            + (f" (first {len(letters)} shown)" if len(letters) < matched else "")
+        ),
+        title_justify="left",
+    )
+    for column in ("dlq", "from", "error class", "order_id", "reason", "failed at"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        reason = letter.reason
+        if len(reason) > REASON_WIDTH:
+            reason = reason[: REASON_WIDTH - 1] + "…"
+        table.add_row(
+            letter.position,
+            inert(letter.origin),
+            inert(letter.error_class),
+            inert(letter.order_id or "-"),
+            inert(reason),
+            inert(letter.failed_at[:19].replace("T", " ")),
+        )
+    return table
+
+
 def render_replay(report: ReplayReport) -> Table:
     verb = "dry run" if report.dry_run else "replay"
     counts = report.counts
     summary = ", ".join(f"{n} {result}" for result, n in sorted(counts.items())) or "nothing to do"
     marks = ", ".join(f"{p}:{o}" for p, o in sorted(report.marks.items()))
     table = Table(
-        title=f"dlq {verb} (group {report.group}): {summary}",
-        caption=f"progress {'(unchanged by a dry run) ' if report.dry_run else ''}{marks}",
+        title=inert(f"dlq {verb} (group {report.group}): {summary}"),
+        caption=inert(f"progress {'(unchanged by a dry run) ' if report.dry_run else ''}{marks}"),
         title_justify="left",
         caption_justify="left",
     )
@@ -256,9 +266,9 @@ def render_replay(report: ReplayReport) -> Table:
         )
         table.add_row(
             outcome.letter.position,
-            outcome.letter.error_class,
-            outcome.order_id or "-",
+            inert(outcome.letter.error_class),
+            inert(outcome.order_id or "-"),
             Text(outcome.result, style=style),
-            outcome.detail[:REASON_WIDTH],
+            inert(outcome.detail[:REASON_WIDTH]),
         )
     return table

@@ -37,6 +37,7 @@ from sqlalchemy import ColumnElement, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from foodpipe.commands.argtypes import number
+from foodpipe.commands.inert import inert
 from foodpipe.db import make_engine, orders
 from foodpipe.kafka import admin_config, wait_for_broker
 from foodpipe.log import configure_logging, scrub
@@ -311,7 +312,7 @@ def render(snapshot: Snapshot, previous: Snapshot | None = None) -> RenderableTy
                 str(p.log_end),
                 "-" if p.committed is None else str(p.committed),
                 Text(str(p.lag), style="green" if p.lag == 0 else "yellow"),
-                p.owner.short if p.owner else Text("unassigned", style="dim"),
+                inert(p.owner.short) if p.owner else Text("unassigned", style="dim"),
             )
         parts.append(table)
     db = snapshot.database

@@ -6,6 +6,7 @@ import argparse
 
 from confluent_kafka.admin import AdminClient
 
+from foodpipe.commands.argtypes import number, whole
 from foodpipe.kafka import admin_config, ensure_topics, topic_specs, wait_for_broker
 from foodpipe.log import get_logger
 from foodpipe.settings import Settings
@@ -14,14 +15,14 @@ from foodpipe.settings import Settings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait",
-        type=float,
+        type=number(above=0),
         default=30.0,
         metavar="SECONDS",
         help="how long to wait for a broker to answer (default 30)",
     )
     parser.add_argument(
         "--min-brokers",
-        type=int,
+        type=whole(1, 1000),
         default=1,
         metavar="N",
         help="wait until N brokers are registered (for replicated topics)",

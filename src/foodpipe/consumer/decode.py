@@ -80,6 +80,24 @@ def decode(key: bytes | None, value: bytes | None) -> Order:
     return order
 
 
+def order_id_of(value: bytes | None) -> str | None:
+    """The ``order_id`` of a message if it has a readable one (valid or not).
+
+    For tools that look at messages the consumer refused (audit, ``foodpipe dlq``), so
+    it must survive anything a producer can send.
+    """
+    if not value or len(value) > 1024 * 1024:
+        return None
+    try:
+        document = json.loads(value)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested JSON (``{"a":{"a":...`` 10,000 levels in 60 KB)
+        # is valid input to decode but exhausts the parser's stack; it is no order.
+        return None
+    order_id = document.get("order_id") if isinstance(document, dict) else None
+    return order_id if isinstance(order_id, str) else None
+
+
 def _explain(value: bytes, exc: ValidationError) -> PoisonMessage:
     """Turn pydantic's report into the precise class and a one-line reason."""
     errors = exc.errors(include_url=False, include_input=False)
@@ -127,7 +145,7 @@ def _json_reason(text: str, errors: list[ErrorDetails]) -> str:
 def _json_kind(value: bytes) -> str:
     try:
         parsed: Any = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "value of an unexpected kind"
     names = {list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(parsed), "number")

@@ -2,7 +2,11 @@
 
 A dead-lettered message keeps the original key, value and headers byte for byte, so it
 can be inspected or replayed exactly, and gains ``dlq-*`` headers saying where it came
-from and why it was rejected:
+from and why it was rejected. The one exception: ``dlq-*`` headers the producer itself
+set are dropped, because the tools would read them as the consumer's verdict (a forged
+``dlq-value-truncated`` made replay treat a whole value as cut). The readers
+(:func:`header_map`) also ignore any ``dlq-*`` header before the consumer's own block,
+which starts with ``dlq-original-topic``, for dead letters written before that rule:
 
 ==========================  ==============================================
 header                      value (UTF-8)
@@ -93,10 +97,10 @@ def dlq_headers(
     group: str,
     failed_at: datetime | None = None,
 ) -> Headers:
-    """The original headers (kept, in order) followed by the ``dlq-*`` headers."""
+    """The original headers (kept, in order, but none named ``dlq-*``), then ours."""
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
-    original: Headers = [(name, value) for name, value in pairs]
+    original: Headers = [(name, value) for name, value in pairs if not _ours(name)]
     _, timestamp_ms = message.timestamp()
     when = (failed_at or datetime.now(UTC)).isoformat(timespec="milliseconds")
     reason = poison.reason.encode("utf-8")[:MAX_REASON_BYTES]
@@ -115,11 +119,21 @@ def dlq_headers(
     ]
 
 
+def _ours(name: str) -> bool:
+    return name.startswith("dlq-")
+
+
 def header_map(headers: Sequence[tuple[str, str | bytes | None]] | None) -> dict[str, str]:
-    """``{name: decoded value}`` of the ``dlq-*`` headers, for tools and tests."""
+    """``{name: decoded value}`` of the consumer's ``dlq-*`` headers, for tools and tests.
+
+    Only the block the consumer appended counts: from the last ``dlq-original-topic``
+    on. Anything named ``dlq-*`` before it came from the original producer.
+    """
+    pairs = list(headers or [])
+    starts = [i for i, (name, _) in enumerate(pairs) if name == HEADER_ORIGINAL_TOPIC]
     result = {}
-    for name, value in headers or []:
-        if name.startswith("dlq-"):
+    for name, value in pairs[starts[-1] if starts else len(pairs) :]:
+        if _ours(name):
             raw = value.encode() if isinstance(value, str) else (value or b"")
             result[name] = raw.decode("utf-8", errors="replace")
     return result
