@@ -138,12 +138,6 @@ class Scenario:
         )
 
     @property
-    def needs_default_ports(self) -> bool:
-        """It names the local stack's default addresses (in a command or its output)."""
-        texts = [c.code + "\n" + (c.expect or "") for c in self.commands]
-        return any(re.search(r":1(9092|9093|5432)\b", text) for text in texts)
-
-    @property
     def is_fault(self) -> bool:
         return any(
             c.words[:1] == ["scripts/local_stack.sh"]
@@ -670,6 +664,15 @@ class Runner:
     names: Mapping[str, str]
     logs: Path
     jobs: list[tuple[int, Command]] = field(default_factory=list)
+    #: Documented text -> what this session types instead (the stack's ports when they
+    #: are not the defaults); ``names`` maps the output back.
+    rewrites: Mapping[str, str] = field(default_factory=dict)
+
+    def typed(self, text: str) -> str:
+        """What is typed for a documented command: its addresses rewritten to this stack's."""
+        for documented in sorted(self.rewrites, key=len, reverse=True):
+            text = text.replace(documented, self.rewrites[documented])
+        return text
 
     def run(self, scenario: Scenario) -> None:
         try:
@@ -703,7 +706,7 @@ class Runner:
         if command.expect is not None and command.read_only:
             self._poll_until_shown(command)
             return
-        result = self.session.run(command.text, RUN_TIMEOUT_S)
+        result = self.session.run(self.typed(command.text), RUN_TIMEOUT_S)
         self.record(command, result.rc, result.output)
         shown = normalise(result.output, self.names)
         if result.rc != 0:
@@ -722,7 +725,7 @@ class Runner:
 
         def shown() -> bool:
             nonlocal last
-            last = self.session.run(command.text, RUN_TIMEOUT_S)
+            last = self.session.run(self.typed(command.text), RUN_TIMEOUT_S)
             return last.rc == 0 and self._shows(command, last.output) is None
 
         try:
@@ -753,7 +756,7 @@ class Runner:
             )
         cwd, env = self.session.environment()
         log = self.logs / f"terminal-{command.line}.log"
-        terminal = Terminal(command.code, env, cwd, log, TERMINAL_SIZE)
+        terminal = Terminal(self.typed(command.code), env, cwd, log, TERMINAL_SIZE)
         try:
 
             def shown() -> bool:
@@ -786,7 +789,7 @@ class Runner:
             )
 
     def start_background(self, command: Command) -> None:
-        result = self.session.run(command.text, RUN_TIMEOUT_S)
+        result = self.session.run(self.typed(command.text), RUN_TIMEOUT_S)
         self.record(command, result.rc, result.output)
         if result.rc != 0:
             raise AssertionError(f"{command.where}: `{command.code}` failed: {result.output}")

@@ -58,8 +58,12 @@ The convention for writing docs
 - A scenario that stops, freezes or kills a broker or PostgreSQL is marked ``fault``;
   whatever it leaves stopped is started again afterwards. A scenario that drives
   ``scripts/local_stack.sh`` or reads ``.stack/`` is skipped when the services come
-  from elsewhere; one that names the default ports, when the stack uses others
-  (``STACK_DIR``, ``KAFKA_PORT`` and ``PG_PORT`` are passed on to the docs' commands).
+  from elsewhere (``STACK_DIR``, ``KAFKA_PORT`` and ``PG_PORT`` are passed on to the
+  docs' commands). When the stack runs on other ports than the documented defaults
+  (19092, 15432), the commands are typed with the stack's ports and their output is
+  compared with the default ports put back. Likewise a command that names
+  ``food-orders``, ``food-orders.dlq`` or ``order-processors`` (Kafka's own tools take
+  ``--topic`` and ``--group``) is typed with the scenario's private names.
 - ``FOODPIPE_DOCS_TRANSCRIPT=FILE`` appends every command and its real output to FILE:
   the way to see what to put in a ``text`` block.
 
@@ -77,7 +81,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +145,30 @@ STACK_IDENTITY = ("STACK_DIR", "KAFKA_PORT", "PG_PORT", "KAFKA_NODES", "FOODPIPE
 DEFAULT_PORTS = {"KAFKA_PORT": "19092", "PG_PORT": "15432"}
 
 
+def port_rewrites(environ: Mapping[str, str]) -> dict[str, str]:
+    """``{":19092": ":39092", ...}`` when the stack runs on other ports than the documented
+    defaults: the docs' commands are typed with this stack's ports, and its output is
+    read back with the documented ones. Kafka node N listens on KAFKA_PORT + 10 (N - 1),
+    its controller on the port after it."""
+    rewrites = {}
+    kafka = int(environ.get("KAFKA_PORT", DEFAULT_PORTS["KAFKA_PORT"]))
+    default_kafka = int(DEFAULT_PORTS["KAFKA_PORT"])
+    if kafka != default_kafka:
+        for offset in (0, 1, 10, 11, 20, 21):
+            rewrites[f":{default_kafka + offset}"] = f":{kafka + offset}"
+    pg = environ.get("PG_PORT", DEFAULT_PORTS["PG_PORT"])
+    if pg != DEFAULT_PORTS["PG_PORT"]:
+        rewrites[f":{DEFAULT_PORTS['PG_PORT']}"] = f":{pg}"
+    return rewrites
+
+
+def typed_names(names: Mapping[str, str]) -> dict[str, str]:
+    """The documented topic and group names -> this scenario's private ones, for commands
+    that name them (Kafka's own tools take ``--topic food-orders``, not a setting). The
+    database name is left alone: "foodpipe" is also the command."""
+    return {doc: private for private, doc in names.items() if doc != "foodpipe"}
+
+
 def private_names(pipeline: Pipeline) -> dict[str, str]:
     database = pipeline.settings.sqlalchemy_url().database or ""
     return {
@@ -162,13 +190,7 @@ def test_scenario(
         pytest.skip("no command of this scenario runs here (only static checks)")
     if scenario.uses_local_stack and stack.source != "local":
         pytest.skip(f"the docs drive scripts/local_stack.sh; services come from {stack.source}")
-    moved = {
-        k: os.environ[k]
-        for k in DEFAULT_PORTS
-        if os.environ.get(k, DEFAULT_PORTS[k]) != DEFAULT_PORTS[k]
-    }
-    if scenario.needs_default_ports and moved:
-        pytest.skip(f"the docs name the stack's default ports; this stack uses {moved}")
+    typed_ports = port_rewrites(os.environ)
     # Private names about as long as the documented ones, so that tables wrap where
     # the reader's do.
     tag = uuid.uuid4().hex[:8]
@@ -183,7 +205,10 @@ def test_scenario(
     logs.mkdir()
     session = ShellSession(workdir, session_env(pipeline, workdir))
     try:
-        Runner(session, private_names(pipeline), logs).run(scenario)
+        names = private_names(pipeline)
+        rewrites = {**typed_names(names), **typed_ports}
+        names.update({v: k for k, v in typed_ports.items()})
+        Runner(session, names, logs, rewrites=rewrites).run(scenario)
     finally:
         session.close()
         if scenario.is_fault:
