@@ -137,6 +137,9 @@ def session_env(pipeline: Pipeline, workdir: Path) -> dict[str, str]:
             env[name] = os.environ[name]
     # Order-id counters of this run only; the docs' default is .stack/producer-state.
     env["PRODUCER_STATE_DIR"] = str(workdir / "producer-state")
+    # The owner URL of the scenario's database, as a reader's .env has the stack's
+    # (`scripts/local_stack.sh env`): the docs empty the orders table with it.
+    env["DATABASE_ADMIN_URL"] = pipeline.db_admin_url
     return env
 
 
