@@ -53,6 +53,11 @@ READ_ONLY = (
     ("cat",),
     ("wc",),
     ("curl",),  # the docs only GET
+    # Kafka's own tools, where they only look (the console consumer without --group
+    # joins no group and commits nothing).
+    ("scripts/kafka-tool.sh", "console-consumer"),
+    ("scripts/kafka-tool.sh", "dump-log"),
+    ("scripts/kafka-tool.sh", "get-offsets"),
 )
 
 #: local_stack.sh sub-commands that disturb the shared services; a scenario that uses

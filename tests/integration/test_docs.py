@@ -31,7 +31,9 @@ The convention for writing docs
   ``foodpipe status|audit|health|``     re-run until the output matches and the exit
   ``dlq list|config``, ``grep``,        status is 0 (deadline 90 s): the pipeline needs
   ``tail``, ``cat``, ``curl``,          a moment to get there
-  ``local_stack.sh status``
+  ``local_stack.sh status``,
+  ``kafka-tool.sh console-consumer|``
+  ``dump-log|get-offsets``
   anything else                         run once; exit status 0; output as shown
   ``docker`` / ``docker-compose``       statically: files, services, profiles and
                                         ``foodpipe`` sub-commands exist in the compose
