@@ -74,7 +74,8 @@ class Kind(Enum):
     DOCKER = "docker"  # needs a Docker engine: checked against the compose files
     CI_ENTRY = "ci-entry"  # scripts/test.sh: CI's own command (.ci/run runs it)
     PYTEST = "pytest"  # a test selection: collected (the run is CI itself)
-    STACK_STOP = "stack-stop"  # would stop the session's services; the stack fixture runs it
+    STACK_STOP = "stack-stop"  # the session's services: the stack fixture stops them; run
+    # only when the shell's STACK_DIR names another stack (one the scenario started)
 
 
 RUNNABLE = frozenset({Kind.RUN, Kind.LONG, Kind.BACKGROUND})
@@ -121,6 +122,13 @@ class Command:
     @property
     def read_only(self) -> bool:
         words = self.words
+        if words[:1] == ["scripts/kafka-tool.sh"] and words[1:2] in (
+            ["topics"],
+            ["consumer-groups"],
+        ):
+            # Describing and listing only look; --reset-offsets, --create, --alter, ... act.
+            acts = {"--execute", "--create", "--alter", "--delete", "--reset-offsets"}
+            return bool({"--describe", "--list"} & set(words)) and not acts & set(words)
         return any(tuple(words[: len(prefix)]) == prefix for prefix in READ_ONLY)
 
 
@@ -672,6 +680,17 @@ class Runner:
     #: Documented text -> what this session types instead (the stack's ports when they
     #: are not the defaults); ``names`` maps the output back.
     rewrites: Mapping[str, str] = field(default_factory=dict)
+    #: The session's own stack folder, which ``scripts/local_stack.sh stop`` must not stop.
+    session_stack: Path | None = None
+
+    def foreign_stack(self) -> Path | None:
+        """The stack folder the shell's ``STACK_DIR`` names, when it is not the session's:
+        a stack the scenario started itself (the 3-node stack of the replication page)."""
+        cwd, env = self.session.environment()
+        if "STACK_DIR" not in env or self.session_stack is None:
+            return None
+        named = (cwd / env["STACK_DIR"]).resolve()
+        return None if named == self.session_stack.resolve() else named
 
     def typed(self, text: str) -> str:
         """What is typed for a documented command: its addresses rewritten to this stack's."""
@@ -688,6 +707,8 @@ class Runner:
                     self.run_until_interrupted(command)
                 elif command.kind is Kind.BACKGROUND:
                     self.start_background(command)
+                elif command.kind is Kind.STACK_STOP and self.foreign_stack() is not None:
+                    self.run_once(command)
                 # The other kinds are checked statically by test_docs.py.
         except BaseException:
             self.stop_background(check=False)

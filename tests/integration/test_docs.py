@@ -42,7 +42,10 @@ The convention for writing docs
   ``pytest ...``                        collected with ``--collect-only`` (the full run is
                                         CI itself); the selection must not be empty
   ``scripts/local_stack.sh stop``       not run (it would stop the services of the whole
-                                        test session; the ``stack`` fixture runs it)
+                                        test session; the ``stack`` fixture runs it),
+                                        unless the shell's ``STACK_DIR`` names a stack
+                                        the scenario started itself; such a stack is
+                                        also stopped when the scenario fails
   ====================================  ==================================================
 
   To show a command's exit status, write ``command; echo "exit code $?"`` and put
@@ -80,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -154,17 +158,22 @@ def port_rewrites(environ: Mapping[str, str]) -> dict[str, str]:
     """``{":19092": ":39092", ...}`` when the stack runs on other ports than the documented
     defaults: the docs' commands are typed with this stack's ports, and its output is
     read back with the documented ones. Kafka node N listens on KAFKA_PORT + 10 (N - 1),
-    its controller on the port after it."""
-    rewrites = {}
+    its controller on the port after it. The replication page starts a second, 3-node
+    stack 100 ports up (Kafka 19192, PostgreSQL 15442): it moves along. A port is
+    rewritten after ``:`` (an address) or ``=`` (``KAFKA_PORT=19192``)."""
+    moved: dict[int, int] = {}
     kafka = int(environ.get("KAFKA_PORT", DEFAULT_PORTS["KAFKA_PORT"]))
     default_kafka = int(DEFAULT_PORTS["KAFKA_PORT"])
     if kafka != default_kafka:
-        for offset in (0, 1, 10, 11, 20, 21):
-            rewrites[f":{default_kafka + offset}"] = f":{kafka + offset}"
-    pg = environ.get("PG_PORT", DEFAULT_PORTS["PG_PORT"])
-    if pg != DEFAULT_PORTS["PG_PORT"]:
-        rewrites[f":{DEFAULT_PORTS['PG_PORT']}"] = f":{pg}"
-    return rewrites
+        for stack in (0, 100):
+            for offset in (0, 1, 10, 11, 20, 21):
+                moved[default_kafka + stack + offset] = kafka + stack + offset
+    pg = int(environ.get("PG_PORT", DEFAULT_PORTS["PG_PORT"]))
+    default_pg = int(DEFAULT_PORTS["PG_PORT"])
+    if pg != default_pg:
+        for stack in (0, 10):
+            moved[default_pg + stack] = pg + stack
+    return {f"{sep}{old}": f"{sep}{new}" for old, new in moved.items() for sep in ":="}
 
 
 def typed_names(names: Mapping[str, str]) -> dict[str, str]:
@@ -208,16 +217,46 @@ def test_scenario(
     workdir = shadow_checkout(tmp_path / "checkout", stack_dir=stack_dir)
     logs = tmp_path / "jobs"
     logs.mkdir()
+    names = private_names(pipeline)
+    rewrites = {**typed_names(names), **typed_ports}
+    names.update({v: k for k, v in typed_ports.items()})
     session = ShellSession(workdir, session_env(pipeline, workdir))
+    runner = Runner(session, names, logs, rewrites=rewrites, session_stack=session_stack())
     try:
-        names = private_names(pipeline)
-        rewrites = {**typed_names(names), **typed_ports}
-        names.update({v: k for k, v in typed_ports.items()})
-        Runner(session, names, logs, rewrites=rewrites).run(scenario)
+        runner.run(scenario)
     finally:
+        with contextlib.suppress(Exception):  # the shell may be stuck in a failed command
+            stop_foreign_stack(runner)
         session.close()
         if scenario.is_fault:
             restore_stack(stack)
+
+
+def session_stack() -> Path:
+    """The folder of the session's own stack (which the docs must never stop)."""
+    return Path(os.environ.get("STACK_DIR", REPO / ".stack"))
+
+
+def stop_foreign_stack(runner: Runner) -> None:
+    """A stack the scenario started itself (``export STACK_DIR=...``) and left running,
+    because it failed before its own ``scripts/local_stack.sh stop``: stop it, and
+    remove its data when it lives inside the session's stack folder, so that the next
+    run starts afresh."""
+    folder = runner.foreign_stack()
+    if folder is None or not folder.exists():
+        return
+    cwd, env = runner.session.environment()
+    subprocess.run(
+        [str(REPO / "scripts" / "local_stack.sh"), "stop"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+    inside = session_stack().resolve()
+    if folder.is_relative_to(inside) and folder != inside and folder.name != "cache":
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def restore_stack(stack: Stack) -> None:
