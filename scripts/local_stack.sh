@@ -17,7 +17,7 @@
 #   pg-stop          pg_ctl stop -m immediate  pg-start                      start PostgreSQL again
 #
 # Environment (all optional):
-#   STACK_DIR       where data, logs and the jar cache live (default <repo>/.stack)
+#   STACK_DIR       where data and logs live (default <repo>/.stack; may be relative)
 #   KAFKA_NODES     1 or 3 (default 1); 3 gives replication 3 and min.insync.replicas 2
 #   KAFKA_PORT      client port of node 1 (default 19092); node N uses KAFKA_PORT+10*(N-1),
 #                   its controller the port after it
@@ -36,7 +36,9 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-STACK_DIR=${STACK_DIR:-$REPO/.stack}
+# Absolute, symlinks resolved: a relative STACK_DIR (.stack/three-nodes) means the same
+# folder from every command, and the PostgreSQL socket path stays short.
+STACK_DIR=$(realpath -m "${STACK_DIR:-$REPO/.stack}")
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO/scripts/kafka/pom.xml")
 KAFKA_NODES=${KAFKA_NODES:-1}
 KAFKA_PORT=${KAFKA_PORT:-19092}
@@ -237,6 +239,9 @@ share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
 # The cleaner's dedupe buffer sits on the heap; its 128 MiB default is wasted here.
 log.cleaner.dedupe.buffer.size=2097152
+# The cleaner looks for compactable logs every second instead of every 15 s, so that
+# the compaction experiment (docs/KeyPoints/compaction.md) sees it work at once.
+log.cleaner.backoff.ms=1000
 num.network.threads=2
 num.io.threads=2
 background.threads=2

@@ -53,6 +53,11 @@ READ_ONLY = (
     ("cat",),
     ("wc",),
     ("curl",),  # the docs only GET
+    # Kafka's own tools, where they only look (the console consumer without --group
+    # joins no group and commits nothing).
+    ("scripts/kafka-tool.sh", "console-consumer"),
+    ("scripts/kafka-tool.sh", "dump-log"),
+    ("scripts/kafka-tool.sh", "get-offsets"),
 )
 
 #: local_stack.sh sub-commands that disturb the shared services; a scenario that uses
@@ -69,7 +74,8 @@ class Kind(Enum):
     DOCKER = "docker"  # needs a Docker engine: checked against the compose files
     CI_ENTRY = "ci-entry"  # scripts/test.sh: CI's own command (.ci/run runs it)
     PYTEST = "pytest"  # a test selection: collected (the run is CI itself)
-    STACK_STOP = "stack-stop"  # would stop the session's services; the stack fixture runs it
+    STACK_STOP = "stack-stop"  # the session's services: the stack fixture stops them; run
+    # only when the shell's STACK_DIR names another stack (one the scenario started)
 
 
 RUNNABLE = frozenset({Kind.RUN, Kind.LONG, Kind.BACKGROUND})
@@ -116,6 +122,13 @@ class Command:
     @property
     def read_only(self) -> bool:
         words = self.words
+        if words[:1] == ["scripts/kafka-tool.sh"] and words[1:2] in (
+            ["topics"],
+            ["consumer-groups"],
+        ):
+            # Describing and listing only look; --reset-offsets, --create, --alter, ... act.
+            acts = {"--execute", "--create", "--alter", "--delete", "--reset-offsets"}
+            return bool({"--describe", "--list"} & set(words)) and not acts & set(words)
         return any(tuple(words[: len(prefix)]) == prefix for prefix in READ_ONLY)
 
 
@@ -136,12 +149,6 @@ class Scenario:
         return any(
             c.words[:1] == ["scripts/local_stack.sh"] or ".stack/" in c.code for c in self.commands
         )
-
-    @property
-    def needs_default_ports(self) -> bool:
-        """It names the local stack's default addresses (in a command or its output)."""
-        texts = [c.code + "\n" + (c.expect or "") for c in self.commands]
-        return any(re.search(r":1(9092|9093|5432)\b", text) for text in texts)
 
     @property
     def is_fault(self) -> bool:
@@ -670,6 +677,26 @@ class Runner:
     names: Mapping[str, str]
     logs: Path
     jobs: list[tuple[int, Command]] = field(default_factory=list)
+    #: Documented text -> what this session types instead (the stack's ports when they
+    #: are not the defaults); ``names`` maps the output back.
+    rewrites: Mapping[str, str] = field(default_factory=dict)
+    #: The session's own stack folder, which ``scripts/local_stack.sh stop`` must not stop.
+    session_stack: Path | None = None
+
+    def foreign_stack(self) -> Path | None:
+        """The stack folder the shell's ``STACK_DIR`` names, when it is not the session's:
+        a stack the scenario started itself (the 3-node stack of the replication page)."""
+        cwd, env = self.session.environment()
+        if "STACK_DIR" not in env or self.session_stack is None:
+            return None
+        named = (cwd / env["STACK_DIR"]).resolve()
+        return None if named == self.session_stack.resolve() else named
+
+    def typed(self, text: str) -> str:
+        """What is typed for a documented command: its addresses rewritten to this stack's."""
+        for documented in sorted(self.rewrites, key=len, reverse=True):
+            text = text.replace(documented, self.rewrites[documented])
+        return text
 
     def run(self, scenario: Scenario) -> None:
         try:
@@ -680,6 +707,8 @@ class Runner:
                     self.run_until_interrupted(command)
                 elif command.kind is Kind.BACKGROUND:
                     self.start_background(command)
+                elif command.kind is Kind.STACK_STOP and self.foreign_stack() is not None:
+                    self.run_once(command)
                 # The other kinds are checked statically by test_docs.py.
         except BaseException:
             self.stop_background(check=False)
@@ -703,7 +732,7 @@ class Runner:
         if command.expect is not None and command.read_only:
             self._poll_until_shown(command)
             return
-        result = self.session.run(command.text, RUN_TIMEOUT_S)
+        result = self.session.run(self.typed(command.text), RUN_TIMEOUT_S)
         self.record(command, result.rc, result.output)
         shown = normalise(result.output, self.names)
         if result.rc != 0:
@@ -722,7 +751,7 @@ class Runner:
 
         def shown() -> bool:
             nonlocal last
-            last = self.session.run(command.text, RUN_TIMEOUT_S)
+            last = self.session.run(self.typed(command.text), RUN_TIMEOUT_S)
             return last.rc == 0 and self._shows(command, last.output) is None
 
         try:
@@ -753,7 +782,7 @@ class Runner:
             )
         cwd, env = self.session.environment()
         log = self.logs / f"terminal-{command.line}.log"
-        terminal = Terminal(command.code, env, cwd, log, TERMINAL_SIZE)
+        terminal = Terminal(self.typed(command.code), env, cwd, log, TERMINAL_SIZE)
         try:
 
             def shown() -> bool:
@@ -786,7 +815,7 @@ class Runner:
             )
 
     def start_background(self, command: Command) -> None:
-        result = self.session.run(command.text, RUN_TIMEOUT_S)
+        result = self.session.run(self.typed(command.text), RUN_TIMEOUT_S)
         self.record(command, result.rc, result.output)
         if result.rc != 0:
             raise AssertionError(f"{command.where}: `{command.code}` failed: {result.output}")

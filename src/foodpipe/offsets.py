@@ -7,7 +7,10 @@ commits an offset and never moves a running consumer's partitions.
 Vocabulary (per partition):
 
 - *log start*: the oldest offset still retained (retention moves it forward);
-- *log end* (high watermark): the offset the next message will get;
+- *log end*: what this module reads is the partition's **high watermark**, the end of
+  what consumers may read: every replica in the ISR has the messages below it. The
+  leader's *log end offset* (the offset its next message will get) can be ahead of it
+  while followers catch up; with one broker, or once they have, the two are equal;
 - *committed*: the group's committed offset, the next offset the group will read;
 - *lag*: log end minus committed. Without a committed offset the group starts at the
   log start (``auto.offset.reset=earliest``), so everything retained counts as lag.

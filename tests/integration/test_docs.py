@@ -31,7 +31,9 @@ The convention for writing docs
   ``foodpipe status|audit|health|``     re-run until the output matches and the exit
   ``dlq list|config``, ``grep``,        status is 0 (deadline 90 s): the pipeline needs
   ``tail``, ``cat``, ``curl``,          a moment to get there
-  ``local_stack.sh status``
+  ``local_stack.sh status``,
+  ``kafka-tool.sh console-consumer|``
+  ``dump-log|get-offsets``
   anything else                         run once; exit status 0; output as shown
   ``docker`` / ``docker-compose``       statically: files, services, profiles and
                                         ``foodpipe`` sub-commands exist in the compose
@@ -41,7 +43,10 @@ The convention for writing docs
   ``pytest ...``                        collected with ``--collect-only`` (the full run is
                                         CI itself); the selection must not be empty
   ``scripts/local_stack.sh stop``       not run (it would stop the services of the whole
-                                        test session; the ``stack`` fixture runs it)
+                                        test session; the ``stack`` fixture runs it),
+                                        unless the shell's ``STACK_DIR`` names a stack
+                                        the scenario started itself; such a stack is
+                                        also stopped when the scenario fails
   ====================================  ==================================================
 
   To show a command's exit status, write ``command; echo "exit code $?"`` and put
@@ -59,8 +64,12 @@ The convention for writing docs
 - A scenario that stops, freezes or kills a broker or PostgreSQL is marked ``fault``;
   whatever it leaves stopped is started again afterwards. A scenario that drives
   ``scripts/local_stack.sh`` or reads ``.stack/`` is skipped when the services come
-  from elsewhere; one that names the default ports, when the stack uses others
-  (``STACK_DIR``, ``KAFKA_PORT`` and ``PG_PORT`` are passed on to the docs' commands).
+  from elsewhere (``STACK_DIR``, ``KAFKA_PORT`` and ``PG_PORT`` are passed on to the
+  docs' commands). When the stack runs on other ports than the documented defaults
+  (19092, 15432), the commands are typed with the stack's ports and their output is
+  compared with the default ports put back. Likewise a command that names
+  ``food-orders``, ``food-orders.dlq`` or ``order-processors`` (Kafka's own tools take
+  ``--topic`` and ``--group``) is typed with the scenario's private names.
 - ``FOODPIPE_DOCS_TRANSCRIPT=FILE`` appends every command and its real output to FILE:
   the way to see what to put in a ``text`` block.
 
@@ -75,10 +84,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +144,44 @@ def session_env(pipeline: Pipeline, workdir: Path) -> dict[str, str]:
             env[name] = os.environ[name]
     # Order-id counters of this run only; the docs' default is .stack/producer-state.
     env["PRODUCER_STATE_DIR"] = str(workdir / "producer-state")
+    # The owner URL of the scenario's database, as a reader's .env has the stack's
+    # (`scripts/local_stack.sh env`): the docs empty the orders table with it.
+    env["DATABASE_ADMIN_URL"] = pipeline.db_admin_url
     return env
 
 
 #: Environment variables of scripts/local_stack.sh that say which stack it controls.
 STACK_IDENTITY = ("STACK_DIR", "KAFKA_PORT", "PG_PORT", "KAFKA_NODES", "FOODPIPE_CACHE_DIR")
 DEFAULT_PORTS = {"KAFKA_PORT": "19092", "PG_PORT": "15432"}
+
+
+def port_rewrites(environ: Mapping[str, str]) -> dict[str, str]:
+    """``{":19092": ":39092", ...}`` when the stack runs on other ports than the documented
+    defaults: the docs' commands are typed with this stack's ports, and its output is
+    read back with the documented ones. Kafka node N listens on KAFKA_PORT + 10 (N - 1),
+    its controller on the port after it. The replication page starts a second, 3-node
+    stack 100 ports up (Kafka 19192, PostgreSQL 15442): it moves along. A port is
+    rewritten after ``:`` (an address) or ``=`` (``KAFKA_PORT=19192``)."""
+    moved: dict[int, int] = {}
+    kafka = int(environ.get("KAFKA_PORT", DEFAULT_PORTS["KAFKA_PORT"]))
+    default_kafka = int(DEFAULT_PORTS["KAFKA_PORT"])
+    if kafka != default_kafka:
+        for stack in (0, 100):
+            for offset in (0, 1, 10, 11, 20, 21):
+                moved[default_kafka + stack + offset] = kafka + stack + offset
+    pg = int(environ.get("PG_PORT", DEFAULT_PORTS["PG_PORT"]))
+    default_pg = int(DEFAULT_PORTS["PG_PORT"])
+    if pg != default_pg:
+        for stack in (0, 10):
+            moved[default_pg + stack] = pg + stack
+    return {f"{sep}{old}": f"{sep}{new}" for old, new in moved.items() for sep in ":="}
+
+
+def typed_names(names: Mapping[str, str]) -> dict[str, str]:
+    """The documented topic and group names -> this scenario's private ones, for commands
+    that name them (Kafka's own tools take ``--topic food-orders``, not a setting). The
+    database name is left alone: "foodpipe" is also the command."""
+    return {doc: private for private, doc in names.items() if doc != "foodpipe"}
 
 
 def private_names(pipeline: Pipeline) -> dict[str, str]:
@@ -163,13 +205,7 @@ def test_scenario(
         pytest.skip("no command of this scenario runs here (only static checks)")
     if scenario.uses_local_stack and stack.source != "local":
         pytest.skip(f"the docs drive scripts/local_stack.sh; services come from {stack.source}")
-    moved = {
-        k: os.environ[k]
-        for k in DEFAULT_PORTS
-        if os.environ.get(k, DEFAULT_PORTS[k]) != DEFAULT_PORTS[k]
-    }
-    if scenario.needs_default_ports and moved:
-        pytest.skip(f"the docs name the stack's default ports; this stack uses {moved}")
+    typed_ports = port_rewrites(os.environ)
     # Private names about as long as the documented ones, so that tables wrap where
     # the reader's do.
     tag = uuid.uuid4().hex[:8]
@@ -182,13 +218,46 @@ def test_scenario(
     workdir = shadow_checkout(tmp_path / "checkout", stack_dir=stack_dir)
     logs = tmp_path / "jobs"
     logs.mkdir()
+    names = private_names(pipeline)
+    rewrites = {**typed_names(names), **typed_ports}
+    names.update({v: k for k, v in typed_ports.items()})
     session = ShellSession(workdir, session_env(pipeline, workdir))
+    runner = Runner(session, names, logs, rewrites=rewrites, session_stack=session_stack())
     try:
-        Runner(session, private_names(pipeline), logs).run(scenario)
+        runner.run(scenario)
     finally:
+        with contextlib.suppress(Exception):  # the shell may be stuck in a failed command
+            stop_foreign_stack(runner)
         session.close()
         if scenario.is_fault:
             restore_stack(stack)
+
+
+def session_stack() -> Path:
+    """The folder of the session's own stack (which the docs must never stop)."""
+    return Path(os.environ.get("STACK_DIR", REPO / ".stack"))
+
+
+def stop_foreign_stack(runner: Runner) -> None:
+    """A stack the scenario started itself (``export STACK_DIR=...``) and left running,
+    because it failed before its own ``scripts/local_stack.sh stop``: stop it, and
+    remove its data when it lives inside the session's stack folder, so that the next
+    run starts afresh."""
+    folder = runner.foreign_stack()
+    if folder is None or not folder.exists():
+        return
+    cwd, env = runner.session.environment()
+    subprocess.run(
+        [str(REPO / "scripts" / "local_stack.sh"), "stop"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+    inside = session_stack().resolve()
+    if folder.is_relative_to(inside) and folder != inside and folder.name != "cache":
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def restore_stack(stack: Stack) -> None:

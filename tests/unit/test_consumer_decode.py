@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -144,3 +146,44 @@ def test_the_reason_names_the_field_and_the_rule() -> None:
 
 def test_value_errors_win_over_key_errors() -> None:
     assert poison_class(None, b"not json") == ErrorClass.JSON_INVALID
+
+
+def _add_fields(data: dict[str, Any]) -> None:
+    data["tip"] = "2.00"
+    data["items"][0]["spicy"] = True
+
+
+def _rename_customer_id(data: dict[str, Any]) -> None:
+    data["customer"] = data.pop("customer_id")
+
+
+def _quantity_as_string(data: dict[str, Any]) -> None:
+    data["items"][0]["quantity"] = "2"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_add_fields, None),
+        (_rename_customer_id, "customer_id: Field required"),
+        (_quantity_as_string, "items.0.quantity: Input should be a valid integer"),
+    ],
+    ids=["added-fields", "renamed-field", "changed-type"],
+)
+def test_schema_evolution_cases_of_the_docs(
+    change: Callable[[dict[str, Any]], None], reason: str | None
+) -> None:
+    """docs/KeyPoints/schema-evolution.md: added fields are dropped; a renamed field or a
+    changed type is a schema violation."""
+    data = order_dict(5, items=(("Pizza", 2, "9.50"),))
+    change(data)
+    key, value = data.get("customer_id", "CUST-00006").encode(), json.dumps(data).encode()
+    if reason is None:
+        row = decode(key, value).to_row()
+        assert "tip" not in row
+        assert row["items"] == [{"name": "Pizza", "quantity": 2, "unit_price": "9.50"}]
+        return
+    with pytest.raises(PoisonMessage) as caught:
+        decode(key, value)
+    assert caught.value.error_class == ErrorClass.SCHEMA_VIOLATION
+    assert caught.value.reason.startswith(reason)

@@ -10,6 +10,7 @@ import pytest
 
 from ..docsexec import (
     Kind,
+    Runner,
     blocks,
     classify,
     commands_of,
@@ -191,3 +192,32 @@ def test_shadow_checkout_links_only_tracked_files(tmp_path: Path) -> None:
     )
     assert out.stdout == "tool\n"
     assert not (shadow / "scripts" / "tool.sh").is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("code", "read_only"),
+    [
+        ("scripts/kafka-tool.sh topics --bootstrap-server b --describe --topic t", True),
+        ("scripts/kafka-tool.sh consumer-groups --bootstrap-server b --describe --group g", True),
+        ("scripts/kafka-tool.sh consumer-groups --group g --reset-offsets --to-earliest", False),
+        ("scripts/kafka-tool.sh topics --bootstrap-server b --create --topic t", False),
+        ("scripts/kafka-tool.sh console-consumer --topic t --partition 0", True),
+        ("scripts/kafka-tool.sh configs --alter --entity-name t", False),
+    ],
+)
+def test_kafka_tools_that_only_look_are_re_run(code: str, read_only: bool) -> None:
+    (command,) = commands_of(code, "page.md", 1)
+    assert command.read_only is read_only
+
+
+def test_documented_addresses_and_names_are_typed_as_the_sessions() -> None:
+    runner = Runner(
+        session=None,  # type: ignore[arg-type]  # typed() needs no shell
+        names={},
+        logs=Path("."),
+        rewrites={":19092": ":39092", "=19192": "=39192", "food-orders": "docs-1"},
+    )
+    assert runner.typed("x --bootstrap-server 127.0.0.1:19092 --topic food-orders") == (
+        "x --bootstrap-server 127.0.0.1:39092 --topic docs-1"
+    )
+    assert runner.typed("export KAFKA_PORT=19192") == "export KAFKA_PORT=39192"

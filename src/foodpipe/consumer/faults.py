@@ -1,4 +1,5 @@
-"""Test-only fault injection. Off unless ``FOODPIPE_FAULT`` is set; never set it in production.
+"""Fault injection for tests and for learning. Off unless ``FOODPIPE_FAULT`` is set;
+never set it in production.
 
 The fault-injection suite (``tests/fault``) must kill the consumer at one precise moment:
 *after* a batch's database transaction (and its dead letters) are committed and
@@ -10,6 +11,11 @@ lasts microseconds and logs nothing), so the consumer offers one hook:
     process before the offset commit. Its rows are in PostgreSQL, its offsets are not
     committed: the next owner of the partitions must be redelivered the batch and the
     idempotent write must absorb it.
+
+The SIGKILL experiment of ``docs/KeyPoints/consumer.md`` uses it for the same reason: a
+``kill -KILL`` typed by hand almost never lands in that window, so a learner would never
+see the redelivery that at-least-once allows. The hook only chooses when the process
+dies; what is written and committed, and in which order, is the same as without it.
 
 It is read once at start-up by the composition root (:mod:`foodpipe.consumer.app`) and is
 deliberately not a :class:`~foodpipe.settings.Settings` field: it is not configuration
