@@ -42,6 +42,8 @@ if [[ $FOODPIPE_DOCKER_TESTS == 1 ]]; then
   trap cleanup_docker EXIT
   docker_start=$SECONDS
   scripts/docker_images.sh >/dev/null
+  # Compose v2 too, where it can be built (Go); without it only its test is skipped.
+  scripts/docker_compose_v2.sh || echo "test: Compose v2 unavailable; tests/docker/test_compose_v2.py will be skipped" >&2
   echo "test: docker engine and images ready in $((SECONDS - docker_start))s" >&2
 fi
 
