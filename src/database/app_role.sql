@@ -1,5 +1,7 @@
 -- Least-privilege role for the services: they may insert and read orders, nothing else.
--- Run as the database owner with psql -v app_user=... -v app_password=...
+-- Run as the database owner with psql -v app_user=..., the password set as the psql
+-- variable app_password without putting it on the command line: Compose's db-init runs
+-- \getenv app_password APP_PASSWORD first, scripts/local_stack.sh a \set line on stdin.
 SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'app_user', :'app_password')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'app_user') \gexec
 SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'app_user', :'app_password') \gexec

@@ -339,3 +339,37 @@ def memory_reading(cid: str) -> dict[str, int] | None:
         "rss": stat.get("total_rss", 0) + stat.get("total_mapped_file", 0),
         "cpu_ns": cpu_ns,
     }
+
+
+def crash_consumer(cid: str) -> None:
+    """SIGKILL ``foodpipe consume`` inside its container: a crash, which the restart
+    policy handles. ``docker kill`` would be a manual stop, which ``restart:`` ignores."""
+    script = (
+        "import os, signal\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if int(pid) not in (1, os.getpid()) and b'consume' in cmd:\n"
+        "        os.kill(int(pid), signal.SIGKILL)\n"
+    )
+    run(["docker", "exec", cid, "python", "-c", script])
+
+
+def process_reading(cid: str) -> dict[str, int] | None:
+    """Threads and open file descriptors of every process in a container (cgroup v1
+    pids controller, /proc of the host); None once the container has gone."""
+    base = Path("/sys/fs/cgroup/pids/docker") / cid
+    try:
+        threads = len((base / "tasks").read_text().split())
+        pids = (base / "cgroup.procs").read_text().split()
+    except OSError:
+        return None
+    fds = 0
+    for pid in pids:
+        try:
+            fds += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue  # the process ended between the two reads
+    return {"threads": threads, "fds": fds}

@@ -25,7 +25,7 @@ import pytest
 
 from tests.support import wait_until
 
-from .harness import Checkout, follow, health, inspect, wait_healthy
+from .harness import Checkout, crash_consumer, follow, health, inspect, wait_healthy
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -181,24 +181,6 @@ def test_wrong_database_password_exits_non_zero_with_one_line(user: Checkout) ->
     assert_consistent(user, allow_lag=True)
 
 
-def _kill_consumer_process(user: Checkout, cid: str) -> None:
-    """SIGKILL foodpipe inside the container: a crash, which the restart policy handles.
-
-    ``docker kill`` would be a manual stop, which ``restart: on-failure`` ignores.
-    """
-    script = (
-        "import os, signal\n"
-        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-        "    try:\n"
-        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
-        "    except OSError:\n"
-        "        continue\n"
-        "    if int(pid) not in (1, os.getpid()) and b'consume' in cmd:\n"
-        "        os.kill(int(pid), signal.SIGKILL)\n"
-    )
-    user.sh(["docker", "exec", cid, "python", "-c", script])
-
-
 def test_consumer_crash_under_load_restarts_and_loses_nothing(user: Checkout) -> None:
     # 500 orders/s, as a user sets it: ORDER_RATE in the environment of `up`.
     user.compose("up", "-d", ORDER_RATE="500")
@@ -218,7 +200,7 @@ def test_consumer_crash_under_load_restarts_and_loses_nothing(user: Checkout) ->
     (cid,) = user.container_ids("consumer")
     restarts = inspect(cid)["RestartCount"]
 
-    _kill_consumer_process(user, cid)
+    crash_consumer(cid)
     killed = time.monotonic()
     # The dead process commits nothing more: these are the offsets the next member
     # starts from, and recovery is every partition committed past them.

@@ -217,7 +217,9 @@ def test_db_init_creates_the_app_role_with_app_role_sql(name: str) -> None:
     assert "./src/database/app_role.sql:/foodpipe/app_role.sql:ro" in db_init["volumes"]
     script = " ".join(db_init["command"])
     assert "-v app_user=" in script
-    assert "-v app_password=" in script
+    # The password comes from psql's environment, never its argv (which `ps` shows).
+    assert "-c '\\getenv app_password APP_PASSWORD' -f /foodpipe/app_role.sql" in script
+    assert "app_password=" not in script
     assert "-f /foodpipe/app_role.sql" in script
     assert "ON_ERROR_STOP=1" in script
     env = service_env(load_compose(name)["services"]["db-init"])
@@ -479,6 +481,28 @@ def test_python_services_run_hardened(name: str) -> None:
         assert service["cap_drop"] == ["ALL"], service_name
         assert "no-new-privileges:true" in service["security_opt"], service_name
         assert service["build"]["context"] == "."
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_third_party_services_run_hardened_as_far_as_their_images_allow(name: str) -> None:
+    """Kafka runs as the image's non-root user and needs no capability; the postgres
+    entrypoint needs five to own its data directory and drop to the user postgres;
+    db-init's psql needs none and writes nothing. None may gain privileges."""
+    found = compose(name)["services"]
+    for service_name in ("kafka", "postgres", "db-init"):
+        service = found[service_name]
+        assert service["cap_drop"] == ["ALL"], service_name
+        assert "no-new-privileges:true" in service["security_opt"], service_name
+    assert "cap_add" not in found["kafka"]
+    assert "cap_add" not in found["db-init"]
+    assert sorted(found["postgres"]["cap_add"]) == [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "SETGID",
+        "SETUID",
+    ]
+    assert found["db-init"]["read_only"] is True
 
 
 @pytest.mark.parametrize("name", FILES)
