@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
+from foodpipe.commands.produce import GroupLag
 from foodpipe.consumer.stats import ConsumerStats
 from foodpipe.observability import (
     MAX_CONNECTIONS,
@@ -152,6 +154,53 @@ def test_a_failing_lag_reader_does_not_break_the_scrape() -> None:
     metrics.set_assignment([("orders", 0)])
     assert value(registry, "foodpipe_orders_written_total") == 3
     assert value(registry, "foodpipe_consumer_lag", topic="orders", partition="0") is None
+
+
+def test_the_producer_exports_the_groups_lag_on_every_partition_at_scrape_time() -> None:
+    registry = CollectorRegistry()
+    calls: list[None] = []
+
+    def reader() -> dict[tuple[str, int], int]:
+        calls.append(None)
+        return {("orders", 1): 40, ("orders", 0): 2, ("orders", 2): -1}
+
+    ProducerMetrics(registry, ProducerStats(), group="processors", group_lag=reader)
+    assert calls == []  # registering asks the broker nothing
+    lag = "foodpipe_group_lag"
+    assert value(registry, lag, group="processors", topic="orders", partition="0") == 2
+    assert value(registry, lag, group="processors", topic="orders", partition="1") == 40
+    # A committed offset ahead of a just-read log end is lag 0, never negative.
+    assert value(registry, lag, group="processors", topic="orders", partition="2") == 0
+    assert len(calls) == 3  # one broker read per scrape
+
+
+def test_a_failing_group_lag_reader_does_not_break_the_producers_scrape() -> None:
+    registry = CollectorRegistry()
+
+    def reader() -> dict[tuple[str, int], int]:
+        raise RuntimeError("broker down")
+
+    ProducerMetrics(registry, ProducerStats(delivered=5), group="g", group_lag=reader)
+    assert value(registry, "foodpipe_orders_delivered_total") == 5
+    families = {family.name: family for family in registry.collect()}
+    assert families["foodpipe_group_lag"].samples == []
+
+
+def test_group_lag_reads_nothing_before_the_broker_answered() -> None:
+    assert GroupLag("orders", "g")() == {}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process metrics need /proc")
+def test_both_services_export_their_start_time_so_alerts_see_restarts() -> None:
+    producer, consumer = CollectorRegistry(), CollectorRegistry()
+    ProducerMetrics(producer, ProducerStats())
+    ConsumerMetrics(consumer, ConsumerStats())
+    now = datetime.now(UTC).timestamp()
+    for registry in (producer, consumer):
+        started = value(registry, "process_start_time_seconds")
+        assert started is not None
+        assert now - 24 * 3600 < started <= now + 1
+        assert value(registry, "process_resident_memory_bytes")
 
 
 # ------------------------------------------------------------------------ HTTP
