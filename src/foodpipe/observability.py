@@ -79,6 +79,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from foodpipe import __version__
+from foodpipe.consumer.classify import ErrorClass
 from foodpipe.log import get_logger
 from foodpipe.settings import ConfigError, Settings
 
@@ -324,8 +325,11 @@ class ConsumerMetrics:
             "Messages sent to the dead-letter topic, by error class",
             labels=["error_class"],
         )
-        for error_class, count in sorted(dict(stats.dead_lettered_by_class).items()):
-            dead.add_metric([error_class], count)
+        # Every known class from the start, at 0: a series that first appears at 5 would
+        # hide those 5 from rate() and increase(), and so from the DLQ alert.
+        counts = dict.fromkeys(ErrorClass, 0) | dict(stats.dead_lettered_by_class)
+        for error_class, count in sorted(counts.items()):
+            dead.add_metric([str(error_class)], count)
         return [
             _counter(
                 "messages_consumed", "Messages received from Kafka (valid or not)", stats.consumed

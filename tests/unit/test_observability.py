@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from foodpipe.commands.produce import GroupLag
+from foodpipe.consumer.classify import ErrorClass
 from foodpipe.consumer.stats import ConsumerStats
 from foodpipe.observability import (
     MAX_CONNECTIONS,
@@ -104,6 +105,22 @@ def test_consumer_counters_histograms_and_dead_letters_by_class() -> None:
     assert value(registry, "foodpipe_batch_size_bucket", le="5.0") == 1
     assert value(registry, "foodpipe_batch_latency_seconds_bucket", le="0.025") == 1
     assert value(registry, "foodpipe_batch_latency_seconds_sum") == pytest.approx(0.22)
+
+
+def test_every_known_dead_letter_class_is_exported_from_the_start_at_0() -> None:
+    # So that rate()/increase() count the first dead letters of a class too: a series
+    # that appears at 5 looks like "no increase" to Prometheus.
+    registry = CollectorRegistry()
+    stats = ConsumerStats()
+    ConsumerMetrics(registry, stats)
+    dead = "foodpipe_orders_dead_lettered_total"
+    for error_class in ErrorClass:
+        assert value(registry, dead, error_class=str(error_class)) == 0, error_class
+    stats.record_dead_letter(ErrorClass.JSON_INVALID)
+    stats.record_dead_letter("a_class_added_later")
+    assert value(registry, dead, error_class="json_invalid") == 1
+    assert value(registry, dead, error_class="a_class_added_later") == 1
+    assert value(registry, dead, error_class="not_utf8") == 0
 
 
 def test_end_to_end_latency_is_commit_time_minus_created_at_never_negative() -> None:
