@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what foodpipe needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - system packages: Java 17+ and Maven (the Kafka broker), PostgreSQL server binaries,
-#     openssl (the secured stack's certificates);
+#     openssl (the secured stack's certificates), prometheus (promtool and the server,
+#     which the alert-rule tests run themselves; where systemd runs, Debian's package
+#     also enables a prometheus service on :9090: `systemctl disable --now prometheus`);
 #   - a virtualenv in .venv with the hash-pinned requirements (requirements-dev.lock) and
 #     foodpipe itself (editable).
 # Safe to run again: it only installs what is missing.
@@ -17,6 +19,7 @@ command -v mvn >/dev/null || missing+=(maven)
   || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl) # certificates of the secured stack (local_stack.sh)
+command -v promtool >/dev/null || missing+=(prometheus) # promtool checks the alert rules; the tests run prometheus
 
 if ((${#missing[@]})); then
   SUDO=()

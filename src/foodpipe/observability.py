@@ -39,7 +39,19 @@ batch_latency_seconds                       histogram  decode + write + commit o
 end_to_end_latency_seconds                  histogram  row committed minus ``created_at``
 consumer_lag{topic,partition}               gauge      log-end offset minus committed offset
 consumer_assigned_partitions                gauge      partitions this member owns now
+group_lag{group,topic,partition}            gauge      the group's lag, read by the producer
 ==========================================  =========  ====================================
+
+Both services also export the standard ``process_*`` metrics of ``prometheus_client``
+(on Linux): ``process_start_time_seconds`` is how an alert sees a service restart, and
+resident memory, CPU seconds and open descriptors come with it.
+
+Lag is exported twice, on purpose. Each consumer reports ``consumer_lag`` for the
+partitions it owns; when no member is alive (the case an operator most needs to hear
+about) nothing would report it. So the producer, which talks to the broker anyway,
+reports ``group_lag``: the lag of ``KAFKA_CONSUMER_GROUP`` on its topic, every
+partition, whether or not any member runs. The alert rules
+(``deploy/monitoring/alerts.yml``) read both.
 
 The HTTP server (:func:`serve`) is a small threaded ``http.server``: ``/healthz`` answers
 200 while the process runs; ``/readyz`` answers 200 or 503 from a callable the service
@@ -61,12 +73,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from foodpipe import __version__
+from foodpipe.consumer.classify import ErrorClass
 from foodpipe.log import get_logger
 from foodpipe.settings import ConfigError, Settings
 
@@ -123,8 +136,13 @@ class ConsumerCounts(Protocol):
 class _StatsCollector(Collector):
     """Turns attributes of a stats object into metric families at scrape time."""
 
-    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+    def __init__(
+        self,
+        families: Callable[[], Iterable[Metric]],
+        describe: Callable[[], Iterable[Metric]] | None = None,
+    ) -> None:
         self._families = families
+        self._describe = describe or families
 
     def collect(self) -> Iterator[Metric]:
         yield from self._families()
@@ -132,7 +150,7 @@ class _StatsCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         # The registry learns the names from this, so registering the same metrics twice
         # on one registry fails loudly instead of exporting them twice.
-        yield from self._families()
+        yield from self._describe()
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
@@ -140,6 +158,7 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 
 
 def _info(registry: CollectorRegistry, service: str) -> None:
+    """``foodpipe_build_info`` and the process metrics (start time, memory, CPU, fds)."""
     gauge = Gauge(
         f"{PREFIX}_build_info",
         "Always 1; the labels say which foodpipe service and version this is",
@@ -147,16 +166,61 @@ def _info(registry: CollectorRegistry, service: str) -> None:
         registry=registry,
     )
     gauge.labels(service=service, version=__version__).set(1)
+    ProcessCollector(registry=registry)
+
+
+#: Reads the lag of the whole consumer group on the producer's topic, every partition:
+#: ``{(topic, partition): log end - committed}``. Called at scrape time.
+GroupLagReader = Callable[[], Mapping[tuple[str, int], int]]
 
 
 class ProducerMetrics:
-    """The producer's metrics: counters read from its :class:`ProducerCounts`."""
+    """The producer's metrics: counters read from its :class:`ProducerCounts`.
 
-    def __init__(self, registry: CollectorRegistry, stats: ProducerCounts) -> None:
+    With a ``group_lag`` reader it also exports ``foodpipe_group_lag``: the lag of
+    consumer group ``group`` on every partition, read from the broker at scrape time,
+    so lag stays visible (and alertable) while no consumer runs.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        stats: ProducerCounts,
+        group: str = "",
+        group_lag: GroupLagReader | None = None,
+    ) -> None:
         self.registry = registry
         self._stats = stats
+        self._group = group
+        self._group_lag = group_lag
+        self._log = get_logger("observability")
         _info(registry, "producer")
         registry.register(_StatsCollector(self._families))
+        # Described without reading: registering must not ask the broker anything.
+        registry.register(
+            _StatsCollector(self._group_lag_families, lambda: [self._group_lag_family()])
+        )
+
+    @staticmethod
+    def _group_lag_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            f"{PREFIX}_group_lag",
+            "Messages behind: log-end offset minus the consumer group's committed offset,"
+            " for every partition of the topic, whether or not a member is alive",
+            labels=["group", "topic", "partition"],
+        )
+
+    def _group_lag_families(self) -> list[Metric]:
+        family = self._group_lag_family()
+        if self._group_lag is not None:
+            try:
+                lags = self._group_lag()
+            except Exception as exc:  # a scrape must answer even when the broker does not
+                self._log.warning("group lag unavailable", group=self._group, error=str(exc))
+                lags = {}
+            for (topic, partition), lag in sorted(lags.items()):
+                family.add_metric([self._group, topic, str(partition)], max(lag, 0))
+        return [family]
 
     def _families(self) -> list[Metric]:
         stats = self._stats
@@ -261,8 +325,11 @@ class ConsumerMetrics:
             "Messages sent to the dead-letter topic, by error class",
             labels=["error_class"],
         )
-        for error_class, count in sorted(dict(stats.dead_lettered_by_class).items()):
-            dead.add_metric([error_class], count)
+        # Every known class from the start, at 0: a series that first appears at 5 would
+        # hide those 5 from rate() and increase(), and so from the DLQ alert.
+        counts = dict.fromkeys(ErrorClass, 0) | dict(stats.dead_lettered_by_class)
+        for error_class, count in sorted(counts.items()):
+            dead.add_metric([str(error_class)], count)
         return [
             _counter(
                 "messages_consumed", "Messages received from Kafka (valid or not)", stats.consumed

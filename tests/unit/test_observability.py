@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -14,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
+from foodpipe.commands.produce import GroupLag
+from foodpipe.consumer.classify import ErrorClass
 from foodpipe.consumer.stats import ConsumerStats
 from foodpipe.observability import (
     MAX_CONNECTIONS,
@@ -104,6 +107,22 @@ def test_consumer_counters_histograms_and_dead_letters_by_class() -> None:
     assert value(registry, "foodpipe_batch_latency_seconds_sum") == pytest.approx(0.22)
 
 
+def test_every_known_dead_letter_class_is_exported_from_the_start_at_0() -> None:
+    # So that rate()/increase() count the first dead letters of a class too: a series
+    # that appears at 5 looks like "no increase" to Prometheus.
+    registry = CollectorRegistry()
+    stats = ConsumerStats()
+    ConsumerMetrics(registry, stats)
+    dead = "foodpipe_orders_dead_lettered_total"
+    for error_class in ErrorClass:
+        assert value(registry, dead, error_class=str(error_class)) == 0, error_class
+    stats.record_dead_letter(ErrorClass.JSON_INVALID)
+    stats.record_dead_letter("a_class_added_later")
+    assert value(registry, dead, error_class="json_invalid") == 1
+    assert value(registry, dead, error_class="a_class_added_later") == 1
+    assert value(registry, dead, error_class="not_utf8") == 0
+
+
 def test_end_to_end_latency_is_commit_time_minus_created_at_never_negative() -> None:
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(registry, ConsumerStats())
@@ -152,6 +171,53 @@ def test_a_failing_lag_reader_does_not_break_the_scrape() -> None:
     metrics.set_assignment([("orders", 0)])
     assert value(registry, "foodpipe_orders_written_total") == 3
     assert value(registry, "foodpipe_consumer_lag", topic="orders", partition="0") is None
+
+
+def test_the_producer_exports_the_groups_lag_on_every_partition_at_scrape_time() -> None:
+    registry = CollectorRegistry()
+    calls: list[None] = []
+
+    def reader() -> dict[tuple[str, int], int]:
+        calls.append(None)
+        return {("orders", 1): 40, ("orders", 0): 2, ("orders", 2): -1}
+
+    ProducerMetrics(registry, ProducerStats(), group="processors", group_lag=reader)
+    assert calls == []  # registering asks the broker nothing
+    lag = "foodpipe_group_lag"
+    assert value(registry, lag, group="processors", topic="orders", partition="0") == 2
+    assert value(registry, lag, group="processors", topic="orders", partition="1") == 40
+    # A committed offset ahead of a just-read log end is lag 0, never negative.
+    assert value(registry, lag, group="processors", topic="orders", partition="2") == 0
+    assert len(calls) == 3  # one broker read per scrape
+
+
+def test_a_failing_group_lag_reader_does_not_break_the_producers_scrape() -> None:
+    registry = CollectorRegistry()
+
+    def reader() -> dict[tuple[str, int], int]:
+        raise RuntimeError("broker down")
+
+    ProducerMetrics(registry, ProducerStats(delivered=5), group="g", group_lag=reader)
+    assert value(registry, "foodpipe_orders_delivered_total") == 5
+    families = {family.name: family for family in registry.collect()}
+    assert families["foodpipe_group_lag"].samples == []
+
+
+def test_group_lag_reads_nothing_before_the_broker_answered() -> None:
+    assert GroupLag("orders", "g")() == {}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process metrics need /proc")
+def test_both_services_export_their_start_time_so_alerts_see_restarts() -> None:
+    producer, consumer = CollectorRegistry(), CollectorRegistry()
+    ProducerMetrics(producer, ProducerStats())
+    ConsumerMetrics(consumer, ConsumerStats())
+    now = datetime.now(UTC).timestamp()
+    for registry in (producer, consumer):
+        started = value(registry, "process_start_time_seconds")
+        assert started is not None
+        assert now - 24 * 3600 < started <= now + 1
+        assert value(registry, "process_resident_memory_bytes")
 
 
 # ------------------------------------------------------------------------ HTTP

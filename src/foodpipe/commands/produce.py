@@ -27,6 +27,7 @@ from foodpipe.kafka import (
 )
 from foodpipe.log import get_logger
 from foodpipe.observability import ProducerMetrics, ProducerReadiness, serve
+from foodpipe.offsets import KafkaView
 from foodpipe.producer.generator import MENU, OrderGenerator
 from foodpipe.producer.ids import OrderIdAllocator
 from foodpipe.producer.ratelimit import RateLimiter
@@ -102,10 +103,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # (METRICS_PORT=0, the default, turns the endpoints off).
     stats = ProducerStats()
     registry = CollectorRegistry()
-    ProducerMetrics(registry, stats)
+    group_lag = GroupLag(settings.kafka_topic, settings.kafka_consumer_group)
+    ProducerMetrics(registry, stats, settings.kafka_consumer_group, group_lag)
     readiness = ProducerReadiness(stats)
     with serve(settings, registry, readiness):
-        return _run(args, settings, stats, readiness)
+        return _run(args, settings, stats, readiness, group_lag)
+
+
+class GroupLag:
+    """The consumer group's lag on the orders topic, read at scrape time (HTTP thread).
+
+    Exported by the producer as ``foodpipe_group_lag`` so that lag stays visible while
+    no consumer is alive to report its own. Reads nothing until the broker answered.
+    """
+
+    def __init__(self, topic: str, group: str) -> None:
+        self.topic = topic
+        self.group = group
+        self.view: KafkaView | None = None
+
+    def __call__(self) -> dict[tuple[str, int], int]:
+        if self.view is None:
+            return {}
+        partitions = self.view.partitions(self.topic)
+        return self.view.lag(self.group, [(self.topic, p) for p in partitions])
 
 
 def _run(
@@ -113,11 +134,13 @@ def _run(
     settings: Settings,
     stats: ProducerStats,
     readiness: ProducerReadiness,
+    group_lag: GroupLag,
 ) -> int:
     admin = AdminClient(admin_config(settings))
     wait_for_broker(admin, settings, args.wait)
     _ensure_topic(admin, settings)
     readiness.connected()
+    group_lag.view = KafkaView(admin, timeout_s=2.0)
 
     ids = OrderIdAllocator(settings.producer_state_dir)
     generator = OrderGenerator(args.seed, max_items=args.max_items, max_quantity=args.max_quantity)
