@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from foodpipe.cli import COMMANDS, build_parser
 from foodpipe.kafka import topic_specs
@@ -673,3 +674,20 @@ def test_producer_and_consumer_health_is_their_readyz_endpoint(name: str) -> Non
         assert "/readyz" in check
         assert "METRICS_PORT" in check
         assert "ports" not in service, "scalable: no fixed host port"
+
+
+def test_prometheus_gets_every_rule_file_its_config_loads() -> None:
+    """Prometheus skips a missing rule file without a word: mount each one it names."""
+    config = yaml.safe_load((REPO / "deploy" / "monitoring" / "prometheus.yml").read_text())
+    mounts = compose("local")["services"]["prometheus"]["volumes"]
+    for rule_file in config["rule_files"]:
+        assert f"./deploy/monitoring/{rule_file}:/etc/prometheus/{rule_file}:ro" in mounts
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_producer_exports_the_lag_of_the_consumers_group(name: str) -> None:
+    found = compose(name)["services"]
+    assert (
+        service_env(found["producer"])["KAFKA_CONSUMER_GROUP"]
+        == service_env(found["consumer"])["KAFKA_CONSUMER_GROUP"]
+    )
