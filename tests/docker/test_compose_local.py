@@ -134,10 +134,10 @@ def test_scale_to_two_consumers_splits_the_partitions_and_back_to_one(user: Chec
         message=lambda: f"both consumers writing rows (written was {before})",
     )
     wait_until(lambda: health(second) == "healthy", timeout=90, interval=1, message="2nd healthy")
-    # The README's own commands, from inside a consumer's container (-T: no terminal here).
-    shown = user.compose("exec", "-T", "consumer", "foodpipe", "status").stdout
+    # The README's own commands, in one-off containers (-T: no terminal here).
+    shown = user.compose("run", "--rm", "--no-deps", "-T", "consumer", "status").stdout
     assert "group order-processors (stable, 2 members)" in shown, shown
-    audit = user.compose("exec", "-T", "consumer", "foodpipe", "audit", "--allow-lag")
+    audit = user.compose("run", "--rm", "--no-deps", "-T", "consumer", "audit", "--allow-lag")
     assert audit.stdout.startswith("foodpipe audit: CONSISTENT"), audit.stdout
 
     user.compose("up", "-d", "--scale", "consumer=1")
