@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what foodpipe needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - system packages: Java 17+ and Maven (the Kafka broker), PostgreSQL server binaries,
-#     openssl (the secured stack's certificates);
+#     openssl (the secured stack's certificates), chromium and chromium-driver (the
+#     dashboard's browser test);
 #   - a virtualenv in .venv with the hash-pinned requirements (requirements-dev.lock) and
 #     foodpipe itself (editable).
 # Safe to run again: it only installs what is missing.
@@ -17,6 +18,10 @@ command -v mvn >/dev/null || missing+=(maven)
   || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl) # certificates of the secured stack (local_stack.sh)
+# The dashboard's browser test drives Debian's chromium (Playwright never downloads a
+# browser here); chromium-driver is there for Selenium.
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+[[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
 
 if ((${#missing[@]})); then
   SUDO=()
