@@ -61,6 +61,12 @@ function initCharts() {
     series: [{}, { label: "orders/min", stroke: "#1f5fa8", width: 2, scale: "n" },
       { label: "revenue/min", stroke: "#176c2e", width: 2, scale: "$", dash: [6, 3] }],
     axes: [{}, { scale: "n", label: "orders" }, { scale: "$", side: 1, label: "revenue", grid: { show: false } }],
+    // Always the whole window: with one minute of data, uPlot would otherwise stretch
+    // the axis over years.
+    scales: { x: { time: true, range: (u, min, max) => {
+      const end = max === null || Number.isNaN(max) ? Date.now() / 1000 : max + 60;
+      return [Math.min(min ?? end, end - 3660), end];
+    } } },
   }, [[], [], []]);
   window.addEventListener("resize", () => {
     for (const [name, chart] of Object.entries(charts)) {
