@@ -7,7 +7,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,21 @@ class Dashboard:
         status, body = self.get(f"/api/{kind}")
         return body if status == 200 and isinstance(body, dict) else None
 
+    def wait_for(
+        self,
+        kind: str,
+        predicate: Callable[[dict[str, Any]], object],
+        message: str,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Poll ``/api/KIND`` until ``predicate(document)`` holds; return that document."""
+
+        def matching() -> dict[str, Any] | None:
+            document = self.document(kind)
+            return document if document is not None and predicate(document) else None
+
+        return wait_until(matching, timeout=timeout, interval=0.2, message=message)
+
     def post(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
         request = urllib.request.Request(  # noqa: S310
             self.url + path, data=b"", method="POST", headers=dict(headers or {})
@@ -58,11 +73,9 @@ class Dashboard:
         status, _ = self.post("/api/audit", {"X-Foodpipe": "audit"})
         assert status == 202, status
 
-        def finished() -> dict[str, Any] | None:
-            document = self.document("audit")
-            return document if document and not document.get("running") else None
-
-        return wait_until(finished, timeout=timeout, interval=0.2, message="the audit's verdict")
+        return self.wait_for(
+            "audit", lambda d: not d.get("running"), "the audit's verdict", timeout
+        )
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from typing import Any
 from tests.conftest import Pipeline, Stack
 from tests.dashboard_support import dashboard
 from tests.poison import POISON, produce_records
-from tests.support import run_foodpipe, spawn_foodpipe, stop_process, wait_until
+from tests.support import run_foodpipe, spawn_foodpipe, stop_process
 
 ORDERS = 200
 
@@ -46,19 +46,16 @@ def test_dashboard_shows_the_pipeline_the_business_and_a_consistent_audit(
     consumer = spawn_foodpipe(["consume"], pipeline.env, log_dir / "consumer.log")
     try:
         with dashboard(pipeline.env, log_dir) as board:
-
-            def drained() -> dict[str, Any] | None:
-                doc = board.document("pipeline")
-                status = doc["status"] if doc else None
-                ok = (
-                    status is not None
-                    and status["lag"] == 0
-                    and status["database"]["rows"] == ORDERS
-                    and len(doc["dead_letters"]["latest"]) == len(poison)
-                )
-                return doc if ok else None
-
-            doc = wait_until(drained, timeout=90, interval=0.2, message="lag 0 and every row")
+            doc = board.wait_for(
+                "pipeline",
+                lambda d: (
+                    d["status"]["lag"] == 0
+                    and d["status"]["database"]["rows"] == ORDERS
+                    and len(d["dead_letters"]["latest"]) == len(poison)
+                ),
+                "lag 0, every row and every dead letter",
+                timeout=90,
+            )
             assert doc["kafka"] == {"ok": True, "error": None}
             assert doc["postgres"] == {"ok": True, "error": None}
             assert doc["status"]["dlq"]["messages"] == len(poison)
@@ -74,11 +71,11 @@ def test_dashboard_shows_the_pipeline_the_business_and_a_consistent_audit(
             assert doc["latency"]["samples"] == ORDERS
             assert 0 <= doc["latency"]["p50_ms"] <= doc["latency"]["p99_ms"]
 
-            business = wait_until(
-                lambda: (b := board.document("business")) and b.get("orders") == ORDERS and b,
+            business = board.wait_for(
+                "business",
+                lambda b: b.get("orders") == ORDERS,
+                "the business view of every order",
                 timeout=30,
-                interval=0.2,
-                message="the business view of every order",
             )
             assert business["error"] is None
             assert sum(m["orders"] for m in business["per_minute"]) == ORDERS
@@ -114,51 +111,48 @@ def test_dashboard_says_which_service_is_down_and_recovers(
     with dashboard(pipeline.env, log_dir, "--timeout", "2") as board:
         stack.pg_stop()
         try:
-            doc = wait_until(
-                lambda: (d := board.document("pipeline")) and not d["postgres"]["ok"] and d,
+            doc = board.wait_for(
+                "pipeline",
+                lambda d: not d["postgres"]["ok"],
+                "the dashboard to report PostgreSQL down",
                 timeout=30,
-                interval=0.2,
-                message="the dashboard to report PostgreSQL down",
             )
             assert doc["postgres"]["error"].startswith("PostgreSQL")
             assert "Traceback" not in json.dumps(doc)
             assert "foodpipe-test-app" not in json.dumps(doc), "no password reaches the page"
             assert doc["kafka"]["ok"], "Kafka still answers and is shown as such"
             assert doc["status"]["topic"]["log_end"] == 20
-            business = wait_until(
-                lambda: (b := board.document("business")) and b.get("error") and b,
+            business = board.wait_for(
+                "business",
+                lambda b: b.get("error"),
+                "the business view to report PostgreSQL down",
                 timeout=30,
-                interval=0.2,
-                message="the business view to report PostgreSQL down",
             )
             assert business["error"].startswith("PostgreSQL")
         finally:
             stack.pg_start()
-        wait_until(
-            lambda: (d := board.document("pipeline")) and d["postgres"]["ok"],
+        board.wait_for(
+            "pipeline",
+            lambda d: d["postgres"]["ok"],
+            "the dashboard to see PostgreSQL again",
             timeout=30,
-            interval=0.2,
-            message="the dashboard to see PostgreSQL again",
         )
 
         # Kafka frozen (SIGSTOP): requests time out; thawed, the readings come back.
         stack.script("kafka-stop", "1")
         try:
-            doc = wait_until(
-                lambda: (d := board.document("pipeline")) and not d["kafka"]["ok"] and d,
+            doc = board.wait_for(
+                "pipeline",
+                lambda d: not d["kafka"]["ok"],
+                "the dashboard to report Kafka down",
                 timeout=30,
-                interval=0.2,
-                message="the dashboard to report Kafka down",
             )
             assert doc["kafka"]["error"].startswith("Kafka")
             assert doc["postgres"]["ok"]
         finally:
             stack.script("kafka-cont", "1")
-        wait_until(
-            lambda: (d := board.document("pipeline")) and d["kafka"]["ok"],
-            timeout=60,
-            interval=0.2,
-            message="the dashboard to see Kafka again",
+        board.wait_for(
+            "pipeline", lambda d: d["kafka"]["ok"], "the dashboard to see Kafka again", timeout=60
         )
         # Nothing but JSON and the page leaves the server, even for a broken request.
         status, body = board.get("/api/nothing-here")
