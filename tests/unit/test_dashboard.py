@@ -22,7 +22,7 @@ from foodpipe.cli import COMMANDS, build_parser
 from foodpipe.commands.argtypes import host
 from foodpipe.commands.dashboard import allowed_hosts
 from foodpipe.commands.status import DatabaseState, Snapshot
-from foodpipe.dashboard.app import INTERNAL_ERROR, STATIC, create_app
+from foodpipe.dashboard.app import INTERNAL_ERROR, STATIC, answered, create_app
 from foodpipe.dashboard.collector import one_line
 from foodpipe.dashboard.views import (
     REASON_CHARS,
@@ -353,3 +353,11 @@ def test_a_foreign_host_name_is_refused() -> None:
     with client_for(FakeReadings()) as client:
         response = client.get("/api/pipeline", headers={"host": "evil.example"})
         assert response.status_code == 400
+
+
+def test_only_readings_every_service_answered_stretch_the_interval() -> None:
+    assert answered({"error": None, "orders": 3})
+    assert answered({"kafka": {"ok": True, "error": None}, "latency": {"p50_ms": 3}})
+    assert not answered({"kafka": {"ok": False, "error": "Kafka did not answer"}})
+    assert not answered({"latency": {"error": "PostgreSQL: down"}})
+    assert not answered({"error": "PostgreSQL: down"})
