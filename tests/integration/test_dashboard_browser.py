@@ -2,7 +2,8 @@
 
 Against the real stack, with a producer running: the page loads and goes live, the
 numbers move, lag rises while the consumer is stopped and falls when consumers come
-back, two consumers show as two owners, and the audit button says CONSISTENT. The page
+back, two consumers show as two owners, the audit button says CONSISTENT, and with
+PostgreSQL stopped the page names it and greys its last values until it is back. The page
 must not ask any other origin for anything (it works offline) and must log no error.
 
 Playwright's own browser download is never used: ``scripts/bootstrap.sh`` installs
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, Stack
 from tests.dashboard_support import dashboard
 from tests.support import spawn_foodpipe, stop_process
 
@@ -78,7 +79,7 @@ def wait_number(page: Page, element_id: str, condition: str) -> None:
 
 
 def test_the_dashboard_in_a_browser_follows_the_pipeline(
-    pipeline: Pipeline, log_dir: Path, browser_page: Page
+    stack: Stack, pipeline: Pipeline, log_dir: Path, browser_page: Page
 ) -> None:
     started = time.monotonic()
     page = browser_page
@@ -142,6 +143,20 @@ def test_the_dashboard_in_a_browser_follows_the_pipeline(
                 timeout=WAIT_MS,
             )
             assert page.locator("#problems li").count() == 0
+
+            # PostgreSQL stopped: the page says so, greys its numbers and keeps them;
+            # started again, it recovers by itself.
+            rows = page.locator("#rows-total").inner_text()
+            stack.pg_stop()
+            try:
+                page.locator("#problems li", has_text="PostgreSQL").wait_for(timeout=WAIT_MS)
+                assert page.locator(".card.stale #rows-total").count() == 1
+                assert page.locator("#rows-total").inner_text() == rows
+                assert page.locator(".stale #lag-total").count() == 0, "Kafka still answers"
+            finally:
+                stack.pg_start()
+            page.locator("#problems li").first.wait_for(state="detached", timeout=WAIT_MS)
+            assert page.locator(".stale").count() == 0
             assert not foreign, f"the page asked other origins: {foreign}"
             assert not problems, problems
     finally:
