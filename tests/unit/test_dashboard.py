@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import io
 import re
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from foodpipe.dashboard.views import (
 from foodpipe.log import configure_logging
 from foodpipe.offsets import GroupState, Member, PartitionState, TopicState
 from foodpipe.replay import DeadLetter
-from tests.support import wait_until
+from tests.support import run_foodpipe, wait_until
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -361,3 +362,21 @@ def test_only_readings_every_service_answered_stretch_the_interval() -> None:
     assert not answered({"kafka": {"ok": False, "error": "Kafka did not answer"}})
     assert not answered({"latency": {"error": "PostgreSQL: down"}})
     assert not answered({"error": "PostgreSQL: down"})
+
+
+def test_a_taken_port_is_exit_2_with_one_line() -> None:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # never reached: it stops at the bind
+        "DATABASE_URL": "postgresql://app:not-a-placeholder@127.0.0.1:1/orders",
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # --timeout: the first reading starts before the bind, and exit waits for it.
+        result = run_foodpipe(
+            ["dashboard", "--port", str(port), "--timeout", "0.5"], env, timeout=60
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"foodpipe: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -109,7 +109,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
+    except SystemExit:
+        # uvicorn exits (with its own code 3) when it cannot listen, after logging why;
+        # here that is bad usage (the port is taken or the address is not ours): 2.
+        sys.stderr.write(f"foodpipe: cannot listen on {args.host}:{args.port}\n")
+        return 2
     finally:
         engine.dispose()
-    # uvicorn returns normally when it cannot bind; it has logged why.
-    return 0 if server.started else 2
+    return 0
