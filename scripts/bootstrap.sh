@@ -3,7 +3,8 @@
 #   - system packages: Java 17+ and Maven (the Kafka broker), PostgreSQL server binaries,
 #     openssl (the secured stack's certificates), prometheus (promtool and the server,
 #     which the alert-rule tests run themselves; where systemd runs, Debian's package
-#     also enables a prometheus service on :9090: `systemctl disable --now prometheus`);
+#     also enables a prometheus service on :9090: `systemctl disable --now prometheus`),
+#     chromium and chromium-driver (the dashboard's browser test);
 #   - a virtualenv in .venv with the hash-pinned requirements (requirements-dev.lock) and
 #     foodpipe itself (editable).
 # Safe to run again: it only installs what is missing.
@@ -20,6 +21,10 @@ command -v mvn >/dev/null || missing+=(maven)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl) # certificates of the secured stack (local_stack.sh)
 command -v promtool >/dev/null || missing+=(prometheus) # promtool checks the alert rules; the tests run prometheus
+# The dashboard's browser test drives Debian's chromium (Playwright never downloads a
+# browser here); chromium-driver is there for Selenium.
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+[[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
 
 if ((${#missing[@]})); then
   SUDO=()

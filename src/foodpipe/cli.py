@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("foodpipe.commands.audit", "compare Kafka with PostgreSQL; exit 1 on any loss"),
     "dlq": ("foodpipe.commands.dlq", "list dead-lettered messages, or replay them into PostgreSQL"),
     "bench": ("foodpipe.commands.bench", "measure the pipeline against its ceilings, side by side"),
+    "dashboard": ("foodpipe.commands.dashboard", "serve the live pipeline and business views"),
 }
 
 

@@ -212,6 +212,21 @@ def read_dead_letters(
         yield DeadLetter.from_message(message)
 
 
+def latest_dead_letters(
+    settings: Settings, view: KafkaView, limit: int, timeout_s: float = 30.0
+) -> list[DeadLetter]:
+    """The ``limit`` newest dead letters (by failure time), reading only the tail.
+
+    Each partition is read from ``limit`` before its log end, so the cost stays the same
+    however long the topic grows (``foodpipe dashboard`` asks whenever the DLQ grows).
+    """
+    marks = view.watermarks(settings.kafka_dlq_topic, view.partitions(settings.kafka_dlq_topic))
+    starts = {p: max(low, high - limit) for p, (low, high) in marks.items()}
+    letters = list(read_dead_letters(settings, view, starts, timeout_s))
+    letters.sort(key=lambda letter: (letter.failed_at, letter.partition, letter.offset))
+    return letters[-limit:][::-1]
+
+
 # ------------------------------------------------------------------------------ replay
 
 

@@ -9,7 +9,9 @@ rate, interval or timeout.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
+import re
 from collections.abc import Callable
 
 
@@ -61,3 +63,19 @@ def number(
         return value
 
     return parse
+
+
+#: RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def host(text: str) -> str:
+    """An IP address or a host name to listen on (``0.0.0.0`` / ``::`` mean every interface)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IP address or a host name")
+    return text
