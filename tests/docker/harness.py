@@ -122,13 +122,16 @@ class Checkout:
         images: dict[str, str],
         file: str = "docker-compose.yml",
         front_end: tuple[str, ...] = LEGACY,
+        prefix: str = "fptest",
     ) -> Checkout:
+        """A copy of the repository under ``base``; its Compose project is ``prefix``
+        plus a random suffix (scripts/test.sh removes what ``fptest`` projects leave)."""
         root = base / "foodpipe"
         for name in tracked_files():
             target = root / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, target)
-        return cls(root, f"fptest{uuid.uuid4().hex[:8]}", images, file, front_end)
+        return cls(root, f"{prefix}{uuid.uuid4().hex[:8]}", images, file, front_end)
 
     # ------------------------------------------------------------------ commands
     def env(self, **extra: str) -> dict[str, str]:

@@ -386,7 +386,8 @@ def main() -> None:
     args = parser.parse_args()
     images = engine_and_images()
     with tempfile.TemporaryDirectory() as tmp:
-        checkout = Checkout.create(Path(tmp), images, AWS_FILE)
+        # Its own project prefix: a test run's clean-up removes only `fptest` projects.
+        checkout = Checkout.create(Path(tmp), images, AWS_FILE, prefix="fpsoak")
         checkout.setup_env_file()
         try:
             result = soak(checkout, args.minutes, args.period)
