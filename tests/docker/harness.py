@@ -162,7 +162,10 @@ class Checkout:
         """``scripts/setup_local.sh --env-only``, then free host ports (9092/5432 may be taken)."""
         self.sh(["scripts/setup_local.sh", "--env-only"])
         with (self.root / ".env").open("a") as env_file:
-            env_file.write(f"KAFKA_HOST_PORT={free_port()}\nPOSTGRES_HOST_PORT={free_port()}\n")
+            env_file.write(
+                f"KAFKA_HOST_PORT={free_port()}\nPOSTGRES_HOST_PORT={free_port()}\n"
+                f"DASHBOARD_HOST_PORT={free_port()}\n"
+            )
 
     def dotenv(self) -> dict[str, str]:
         values: dict[str, str] = {}

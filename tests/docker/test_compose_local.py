@@ -16,10 +16,13 @@ step ends with ``foodpipe audit`` run from the host through the published ports.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +32,7 @@ from .harness import Checkout, crash_consumer, follow, health, inspect, wait_hea
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
-SERVICES = ("kafka", "postgres", "producer", "consumer")
+SERVICES = ("kafka", "postgres", "producer", "consumer", "dashboard")
 ONE_SHOTS = ("db-init", "topics-init")
 STATS = re.compile(r"consumer stats .*\bwritten=(\d+)")
 
@@ -93,6 +96,22 @@ def test_orders_reach_postgres_and_the_audit_is_consistent(user: Checkout) -> No
     wait_until(lambda: user.rows() >= 200, timeout=120, interval=2, message="200 rows")
     report = assert_consistent(user, allow_lag=True)
     assert report["valid_messages"] >= 200
+
+
+def test_the_dashboard_serves_the_pipeline_on_the_published_port(user: Checkout) -> None:
+    port = user.dotenv()["DASHBOARD_HOST_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+        assert page.status == 200
+        assert "text/html" in page.headers["Content-Type"]
+
+    def pipeline() -> dict[str, Any] | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/pipeline", timeout=10) as r:
+            document: dict[str, Any] = json.loads(r.read())
+        healthy = document["kafka"]["ok"] and document["postgres"]["ok"]
+        return document if healthy and "food-orders" in json.dumps(document) else None
+
+    document = wait_until(pipeline, timeout=60, interval=1, message="the dashboard's reading")
+    assert user.dotenv()["POSTGRES_PASSWORD"] not in json.dumps(document)
 
 
 def test_logs_f_consumer_shows_assignment_and_stats_as_text(user: Checkout) -> None:

@@ -160,7 +160,9 @@ def test_has_the_expected_services(name: str) -> None:
     # Services behind a Compose profile (monitoring) are optional and checked in
     # tests/unit/test_monitoring.py.
     always = {s for s, service in services(name).items() if not service.get("profiles")}
-    assert always == EXPECTED_SERVICES
+    # The dashboard runs by default locally; on the t2.small it sits behind a profile.
+    assert always == EXPECTED_SERVICES | ({"dashboard"} if name == "local" else set())
+    assert "dashboard" in services(name)
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -263,9 +265,12 @@ def test_each_service_gets_what_it_needs(name: str, service_name: str) -> None:
 
 @pytest.mark.parametrize("name", FILES)
 def test_only_the_consumer_holds_a_database_password(name: str) -> None:
+    """And the dashboard, which reads the table as the same least-privilege role."""
     for service_name, service in foodpipe_services(compose(name)).items():
-        if service_name != "consumer":
+        if service_name not in ("consumer", "dashboard"):
             assert not {"POSTGRES_PASSWORD", "DATABASE_URL"} & set(service_env(service))
+    dashboard = service_env(compose(name)["services"]["dashboard"])
+    assert dashboard["POSTGRES_USER"] == "foodpipe_app"
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -304,7 +309,12 @@ def test_aws_consumer_refuses_placeholder_passwords() -> None:
 @pytest.mark.parametrize("name", FILES)
 def test_commands_are_foodpipe_subcommands_the_cli_accepts(name: str) -> None:
     parser = build_parser()
-    expected = {"topics-init": "topics", "producer": "produce", "consumer": "consume"}
+    expected = {
+        "topics-init": "topics",
+        "producer": "produce",
+        "consumer": "consume",
+        "dashboard": "dashboard",
+    }
     for service_name, service in foodpipe_services(compose(name)).items():
         command = service["command"]
         assert isinstance(command, list), "exec form: no shell between Docker and foodpipe"
