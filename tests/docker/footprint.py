@@ -23,7 +23,6 @@ phase and asserts the limits.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import threading
@@ -35,7 +34,16 @@ from typing import Any
 
 from tests.support import wait_until
 
-from .harness import MIB, Checkout, engine_and_images, inspect, memory_reading, run, wait_healthy
+from .harness import (
+    MIB,
+    Checkout,
+    engine_and_images,
+    inspect,
+    memory_reading,
+    run,
+    wait_healthy,
+    write_results,
+)
 
 AWS_FILE = "docker-compose.aws.yml"
 SERVICES = ("kafka", "postgres", "producer", "consumer")
@@ -279,12 +287,7 @@ def main() -> None:
         finally:
             checkout.down("-v")
     stem = args.out / f"{result['taken_at'][:10]}-aws-footprint"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    problems = check(result)
-    if problems:
-        raise SystemExit("footprint: " + "; ".join(problems))
+    write_results(stem, result, markdown(result), "footprint", check(result))
 
 
 if __name__ == "__main__":

@@ -251,6 +251,36 @@ class Checkout:
         self.compose("down", "--remove-orphans", *args, timeout=300, check=False)
 
 
+@contextmanager
+def user_checkout(
+    images: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    file: str = "docker-compose.yml",
+    front_end: tuple[str, ...] = LEGACY,
+) -> Iterator[Checkout]:
+    """A fixture's checkout with its .env; on the way out its logs are kept next to the
+    test's temporary files and ``down -v`` removes the stack."""
+    checkout = Checkout.create(tmp_path_factory.mktemp("stack"), images, file, front_end)
+    checkout.setup_env_file()
+    try:
+        yield checkout
+    finally:
+        logs = checkout.compose("logs", "--no-color", "--tail", "300", check=False, timeout=120)
+        (tmp_path_factory.getbasetemp() / f"{checkout.project}.log").write_text(logs.stdout)
+        checkout.down("-v")
+
+
+def write_results(
+    stem: Path, result: dict[str, Any], report: str, what: str, problems: list[str]
+) -> None:
+    """``stem``.json and .md for a measurement command; exit non-zero naming ``problems``."""
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(report)
+    print(report)
+    if problems:
+        raise SystemExit(f"{what}: " + "; ".join(problems))
+
+
 def inspect(cid: str) -> dict[str, Any]:
     data: list[dict[str, Any]] = json.loads(run(["docker", "inspect", cid]).stdout)
     return data[0]

@@ -24,7 +24,6 @@ The docker suite runs it for 2 minutes as a smoke test (test_compose_aws.py).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
@@ -46,6 +45,7 @@ from .harness import (
     process_reading,
     run,
     wait_healthy,
+    write_results,
 )
 
 METRICS = ("memory_mib", "cpu_pct", "fds", "threads")
@@ -395,13 +395,8 @@ def main() -> None:
             checkout.down("-v")
     label = "1h" if args.minutes == 60 else f"{args.minutes:g}m"
     stem = args.out / f"{result['taken_at'][:10]}-soak-{label}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
     chart(result, stem.with_suffix(".png"))
-    print(markdown(result))
-    found = problems(result)
-    if found:
-        raise SystemExit("soak: " + "; ".join(found))
+    write_results(stem, result, markdown(result), "soak", problems(result))
 
 
 if __name__ == "__main__":

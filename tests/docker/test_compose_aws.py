@@ -22,7 +22,7 @@ import pytest
 
 from . import soak
 from .footprint import AWS_FILE, check, markdown, measure
-from .harness import Checkout, anonymous_volumes
+from .harness import Checkout, anonymous_volumes, user_checkout
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -31,14 +31,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]
 def aws_user(
     images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Checkout]:
-    checkout = Checkout.create(tmp_path_factory.mktemp("aws"), images, AWS_FILE)
-    checkout.setup_env_file()
-    try:
+    with user_checkout(images, tmp_path_factory, AWS_FILE) as checkout:
         yield checkout
-    finally:
-        logs = checkout.compose("logs", "--no-color", "--tail", "200", check=False, timeout=120)
-        (tmp_path_factory.getbasetemp() / f"{checkout.project}.log").write_text(logs.stdout)
-        checkout.down("-v")
 
 
 def test_aws_file_fits_a_t2_small_under_load(aws_user: Checkout) -> None:

@@ -28,7 +28,15 @@ import pytest
 
 from tests.support import wait_until
 
-from .harness import Checkout, crash_consumer, follow, health, inspect, wait_healthy
+from .harness import (
+    Checkout,
+    crash_consumer,
+    follow,
+    health,
+    inspect,
+    user_checkout,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -41,14 +49,8 @@ STATS = re.compile(r"consumer stats .*\bwritten=(\d+)")
 def user(
     images: dict[str, str], tmp_path_factory: pytest.TempPathFactory, no_leftover_volumes: set[str]
 ) -> Iterator[Checkout]:
-    checkout = Checkout.create(tmp_path_factory.mktemp("local"), images)
-    checkout.setup_env_file()
-    try:
+    with user_checkout(images, tmp_path_factory) as checkout:
         yield checkout
-    finally:
-        logs = checkout.compose("logs", "--no-color", "--tail", "300", check=False, timeout=120)
-        (tmp_path_factory.getbasetemp() / f"{checkout.project}.log").write_text(logs.stdout)
-        checkout.down("-v")
 
 
 def assert_consistent(user: Checkout, *, allow_lag: bool) -> dict[str, object]:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import wait_until
 
-from .harness import V2, Checkout, anonymous_volumes, follow, run, wait_healthy
+from .harness import V2, Checkout, anonymous_volumes, follow, run, user_checkout, wait_healthy
 from .test_compose_local import ONE_SHOTS, SERVICES, assert_consistent, owners
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -24,12 +24,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
 def v2_user(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
     if run(["docker", "compose", "version"], check=False).returncode != 0:
         pytest.skip("Compose v2 is not installed (scripts/docker_compose_v2.sh builds it)")
-    checkout = Checkout.create(tmp_path_factory.mktemp("v2"), images, front_end=V2)
-    checkout.setup_env_file()
-    try:
+    with user_checkout(images, tmp_path_factory, front_end=V2) as checkout:
         yield checkout
-    finally:
-        checkout.down("-v")
 
 
 def test_v2_up_logs_scale_audit_down(v2_user: Checkout, no_leftover_volumes: set[str]) -> None:
