@@ -2,7 +2,7 @@
 # Build every image the Compose files and the docker tests need, without a registry:
 #   1. a Debian bookworm base made with debootstrap and `docker import`;
 #   2. local stand-ins for the official images the Compose files name (apache/kafka,
-#      postgres, python), from docker/standins/: each implements the documented
+#      postgres, python, prom/prometheus), from docker/standins/: each implements the documented
 #      interface of the image it replaces (see the comment at the top of its Dockerfile);
 #   3. foodpipe's own image, from the project's Dockerfile, FROM the python stand-in.
 # Everything is cached: the base is made once, the stand-ins are tagged with a hash of
@@ -10,7 +10,7 @@
 #
 # Usage: scripts/docker_images.sh [--print-env]
 #   Prints the variables that point the Compose files at these images, as KEY=VALUE
-#   lines on stdout: KAFKA_IMAGE, POSTGRES_IMAGE, PYTHON_IMAGE.
+#   lines on stdout: KAFKA_IMAGE, POSTGRES_IMAGE, PYTHON_IMAGE, PROMETHEUS_IMAGE.
 # Needs a running engine (scripts/docker_engine.sh start) and, for the base, root.
 set -euo pipefail
 
@@ -100,6 +100,9 @@ main() {
   ctx=$(stage postgres)
   build_standin postgres "$ctx" foodpipe-standin/postgres:15-bookworm
 
+  ctx=$(stage prometheus)
+  build_standin prometheus "$ctx" foodpipe-standin/prometheus:2-bookworm
+
   ctx=$(stage python)
   local want have
   want=$(cat "$REPO/requirements.txt" "$REPO/pyproject.toml" | sha256sum | cut -c1-16)
@@ -125,6 +128,7 @@ main() {
   echo "KAFKA_IMAGE=foodpipe-standin/kafka:$KAFKA_VERSION"
   echo "POSTGRES_IMAGE=foodpipe-standin/postgres:15-bookworm"
   echo "PYTHON_IMAGE=foodpipe-standin/python:3.11-bookworm"
+  echo "PROMETHEUS_IMAGE=foodpipe-standin/prometheus:2-bookworm"
 }
 
 main "$@"

@@ -164,7 +164,7 @@ class Checkout:
         with (self.root / ".env").open("a") as env_file:
             env_file.write(
                 f"KAFKA_HOST_PORT={free_port()}\nPOSTGRES_HOST_PORT={free_port()}\n"
-                f"DASHBOARD_HOST_PORT={free_port()}\n"
+                f"DASHBOARD_HOST_PORT={free_port()}\nPROMETHEUS_HOST_PORT={free_port()}\n"
             )
 
     def dotenv(self) -> dict[str, str]:

@@ -116,6 +116,77 @@ def test_the_dashboard_serves_the_pipeline_on_the_published_port(user: Checkout)
     assert user.dotenv()["POSTGRES_PASSWORD"] not in json.dumps(document)
 
 
+def _prometheus(user: Checkout, path: str) -> Any:
+    port = user.dotenv()["PROMETHEUS_HOST_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return json.loads(answer.read())["data"]
+
+
+def _lag_alert(user: Checkout) -> str | None:
+    for alert in _prometheus(user, "/api/v1/alerts")["alerts"]:
+        if alert["labels"]["alertname"] == "FoodpipeConsumerLagHigh":
+            return str(alert["state"])
+    return None
+
+
+def test_prometheus_scrapes_both_services_and_the_lag_alert_turns_pending(
+    user: Checkout,
+) -> None:
+    """The monitoring profile's Prometheus, with the shipped rules: it scrapes the producer
+    and the consumer, and a stopped consumer behind 1,500 orders makes the lag alert
+    pending (its `for: 5m` is proven by promtool's rule tests; waiting it out is not)."""
+    user.compose("--profile", "monitoring", "up", "-d", "prometheus")
+    try:
+
+        def both_up() -> bool:
+            try:
+                result = _prometheus(user, "/api/v1/query?query=up")["result"]
+            except OSError:
+                return False  # Prometheus is still starting
+            jobs = {r["metric"]["job"]: r["value"][1] for r in result}
+            return jobs.get("producer") == "1" and jobs.get("consumer") == "1"
+
+        wait_until(both_up, timeout=120, interval=1, message="up == 1 for producer and consumer")
+        rules = {
+            rule["name"]
+            for group in _prometheus(user, "/api/v1/rules")["groups"]
+            for rule in group["rules"]
+        }
+        assert {"FoodpipeConsumerLagHigh", "FoodpipeNoConsumer"} <= rules
+        assert _lag_alert(user) is None
+
+        user.compose("stop", "consumer")
+        stopped = time.monotonic()
+        user.compose(
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "producer",
+            "produce",
+            "--count",
+            "1500",
+            "--rate",
+            "0",
+        )
+        wait_until(
+            lambda: _lag_alert(user) in ("pending", "firing"),
+            timeout=120,
+            interval=1,
+            message="FoodpipeConsumerLagHigh pending",
+        )
+        print(f"lag alert pending {time.monotonic() - stopped:.0f}s after the consumer stopped")
+        user.compose("start", "consumer")
+        wait_until(
+            lambda: _lag_alert(user) is None,
+            timeout=180,
+            interval=1,
+            message="the lag alert cleared once the consumer caught up",
+        )
+    finally:
+        user.compose("--profile", "monitoring", "rm", "-sf", "prometheus", check=False)
+
+
 def test_logs_f_consumer_shows_assignment_and_stats_as_text(user: Checkout) -> None:
     with follow(["docker-compose", "logs", "-f", "consumer"], user.root, user.env()) as lines:
         wait_until(
