@@ -129,12 +129,17 @@ def _lag_alert(user: Checkout) -> str | None:
     return None
 
 
-def test_prometheus_scrapes_both_services_and_the_lag_alert_turns_pending(
-    user: Checkout,
-) -> None:
-    """The monitoring profile's Prometheus, with the shipped rules: it scrapes the producer
-    and the consumer, and a stopped consumer behind 1,500 orders makes the lag alert
-    pending (its `for: 5m` is proven by promtool's rule tests; waiting it out is not)."""
+def test_prometheus_scrapes_both_services_and_the_lag_alert_fires(user: Checkout) -> None:
+    """The monitoring profile's Prometheus with the shipped rules, but for one change in
+    this checkout's copy: the lag alert's `for: 5m` becomes 10 s, so that the test sees it
+    fire (promtool's rule tests prove the 5 minutes). It scrapes the producer and the
+    consumer, and a stopped consumer behind 1,500 orders makes the alert fire."""
+    rules = user.root / "deploy" / "monitoring" / "alerts.yml"
+    text = rules.read_text()
+    start = text.index("- alert: FoodpipeConsumerLagHigh")
+    end = text.index("- alert:", start + 1)
+    assert text[start:end].count("for: 5m") == 1
+    rules.write_text(text[:start] + text[start:end].replace("for: 5m", "for: 10s") + text[end:])
     user.compose("--profile", "monitoring", "up", "-d", "prometheus")
     try:
 
@@ -170,12 +175,22 @@ def test_prometheus_scrapes_both_services_and_the_lag_alert_turns_pending(
             "0",
         )
         wait_until(
-            lambda: _lag_alert(user) in ("pending", "firing"),
+            lambda: _lag_alert(user) == "pending",
             timeout=120,
             interval=1,
             message="FoodpipeConsumerLagHigh pending",
         )
-        print(f"lag alert pending {time.monotonic() - stopped:.0f}s after the consumer stopped")
+        pending = time.monotonic() - stopped
+        wait_until(
+            lambda: _lag_alert(user) == "firing",
+            timeout=120,
+            interval=1,
+            message="FoodpipeConsumerLagHigh firing",
+        )
+        print(
+            f"lag alert pending {pending:.0f}s and firing {time.monotonic() - stopped:.0f}s "
+            "after the consumer stopped (rules evaluated every 15 s)"
+        )
         user.compose("start", "consumer")
         wait_until(
             lambda: _lag_alert(user) is None,
