@@ -8,7 +8,9 @@ and `down -v` leaving nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,15 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def v2_user(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
+    status = os.environ.get("FOODPIPE_COMPOSE_V2_STATUS")
+    if status:
+        # scripts/test.sh builds the plugin in the background; wait for its exit status.
+        done = Path(status)
+        wait_until(done.exists, timeout=900, interval=1, message="the Compose v2 build")
+        log = done.with_name("compose-v2.log")
+        if done.read_text().strip() != "0" and log.exists():
+            last = (log.read_text().strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"Compose v2 could not be built: {last}")
     if run(["docker", "compose", "version"], check=False).returncode != 0:
         pytest.skip("Compose v2 is not installed (scripts/docker_compose_v2.sh builds it)")
     with user_checkout(images, tmp_path_factory, front_end=V2) as checkout:
