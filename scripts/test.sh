@@ -57,4 +57,6 @@ if [[ $FOODPIPE_DOCKER_TESTS == 1 ]]; then
   echo "test: docker engine and images ready in $((SECONDS - docker_start))s" >&2
 fi
 
-.venv/bin/pytest --cov --cov-report=term-missing:skip-covered --durations=25 "$@"
+# -rap: the summary names every test with its outcome, so a log shows each docker test
+# as PASSED (or why it did not run), not only as a dot.
+.venv/bin/pytest --cov --cov-report=term-missing:skip-covered --durations=25 -rap "$@"
