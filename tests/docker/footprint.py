@@ -41,6 +41,7 @@ from .harness import (
     inspect,
     memory_reading,
     run,
+    running_containers,
     wait_healthy,
     write_results,
 )
@@ -115,15 +116,9 @@ class Sampler:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def _containers(self) -> list[tuple[str, str]]:
-        label = f"label=com.docker.compose.project={self.checkout.project}"
-        fmt = '{{.ID}} {{.Label "com.docker.compose.service"}}'
-        out = run(["docker", "ps", "--no-trunc", "--filter", label, "--format", fmt], check=False)
-        return [tuple(line.split(" ", 1)) for line in out.stdout.splitlines() if " " in line]  # type: ignore[misc]
-
     def _loop(self) -> None:
         while not self._stop.is_set():
-            for cid, service in self._containers():
+            for cid, service, _name, _oneoff in running_containers(self.checkout.project):
                 reading = memory_reading(cid)
                 if reading is None:
                     continue
@@ -194,13 +189,13 @@ def measure(checkout: Checkout, *, steady_s: float, backlog: int) -> dict[str, A
 
     containers = []
     for cid, peak in sampler.peaks.items():
-        state = (
-            inspect(cid)["State"]
-            if run(["docker", "inspect", cid], check=False).returncode == 0
-            else {}
-        )
+        try:
+            details = inspect(cid)
+        except AssertionError:
+            details = {}  # removed: a `run --rm` one-off, whose exit code was checked
+        state = details.get("State", {})
         entry = peak.as_dict()
-        entry["restarts"] = inspect(cid)["RestartCount"] if state else 0
+        entry["restarts"] = details.get("RestartCount", 0)
         entry["oom_killed"] = bool(state.get("OOMKilled", False))
         entry["still_running"] = bool(state.get("Running", False))
         containers.append(entry)

@@ -281,6 +281,21 @@ def write_results(
         raise SystemExit(f"{what}: " + "; ".join(problems))
 
 
+def running_containers(project: str) -> list[tuple[str, str, str, bool]]:
+    """(id, service, name, one-off) of each running container of a Compose project."""
+    fmt = (
+        '{{.ID}} {{.Label "com.docker.compose.service"}} {{.Names}} '
+        '{{.Label "com.docker.compose.oneoff"}}'
+    )
+    label = f"label=com.docker.compose.project={project}"
+    out = run(["docker", "ps", "--no-trunc", "--filter", label, "--format", fmt], check=False)
+    found = []
+    for line in out.stdout.splitlines():
+        cid, service, name, oneoff = line.split(" ")
+        found.append((cid, service, name, oneoff == "True"))
+    return found
+
+
 def inspect(cid: str) -> dict[str, Any]:
     data: list[dict[str, Any]] = json.loads(run(["docker", "inspect", cid]).stdout)
     return data[0]

@@ -43,7 +43,7 @@ from .harness import (
     inspect,
     memory_reading,
     process_reading,
-    run,
+    running_containers,
     wait_healthy,
     write_results,
 )
@@ -71,20 +71,11 @@ class Soak:
         self.events.append({"t": round(self.now(), 1), "event": name, **detail})
         print(f"soak: {self.now():7.1f}s {name} {detail or ''}", flush=True)
 
-    def _containers(self) -> list[tuple[str, str]]:
-        label = f"label=com.docker.compose.project={self.checkout.project}"
-        fmt = '{{.ID}} {{.Names}} {{.Label "com.docker.compose.oneoff"}}'
-        out = run(["docker", "ps", "--no-trunc", "--filter", label, "--format", fmt], check=False)
-        found = []
-        for line in out.stdout.splitlines():
-            cid, name, oneoff = line.split(" ")
-            if oneoff == "False":
-                found.append((cid, name))
-        return found
-
     def sample(self) -> None:
         t = self.now()
-        for cid, name in self._containers():
+        for cid, _service, name, oneoff in running_containers(self.checkout.project):
+            if oneoff:
+                continue
             memory, procs = memory_reading(cid), process_reading(cid)
             if memory is None or procs is None:
                 continue
@@ -160,10 +151,7 @@ class Soak:
             self.event("scale consumer=2")
             self.checkout.compose("up", "-d", "--scale", "consumer=2", timeout=300)
             wait_until(
-                lambda: (
-                    (self.checkout.status().get("group") or {}).get("members")
-                    and len(self.checkout.status()["group"]["members"]) == 2
-                ),
+                lambda: len((self.checkout.status().get("group") or {}).get("members", [])) == 2,
                 timeout=120,
                 interval=1,
                 message="2 members",
@@ -254,13 +242,13 @@ def soak(checkout: Checkout, minutes: float, period: float) -> dict[str, Any]:
     report = checkout.audit(allow_lag=True)
     runner.event("audit", ok=bool(report["ok"]), rows=report["rows"], lost=report["lost"])
     analysis = analyse(runner, minutes)
+    details = [inspect(cid) for service in SERVICES for cid in checkout.container_ids(service)]
     states = {
-        inspect(cid)["Name"].lstrip("/"): {
-            "oom_killed": inspect(cid)["State"]["OOMKilled"],
-            "restarts": inspect(cid)["RestartCount"],
+        d["Name"].lstrip("/"): {
+            "oom_killed": d["State"]["OOMKilled"],
+            "restarts": d["RestartCount"],
         }
-        for service in SERVICES
-        for cid in checkout.container_ids(service)
+        for d in details
     }
     return {
         "file": AWS_FILE,

@@ -58,7 +58,7 @@ def test_v2_up_logs_scale_audit_down(v2_user: Checkout, no_leftover_volumes: set
 
     v2_user.compose("up", "-d", "--scale", "consumer=2")
     wait_until(
-        lambda: len(owners(v2_user.status())) == 2 and all(owners(v2_user.status()).values()),
+        lambda: (found := owners(v2_user.status())) and len(found) == 2 and all(found.values()),
         timeout=120,
         interval=1,
         message="2 members sharing the partitions",
