@@ -76,6 +76,23 @@ def migration_sections(path: Path) -> tuple[str, str]:
     return up, down
 
 
+#: libpq's own TCP liveness checks. Across a network partition (not a database
+#: restart, which closes the socket) nothing tells the client that its connection is
+#: dead: a write waits for TCP's retransmissions, whose gaps double up to minutes, so
+#: after a 30 s cut to PostgreSQL the consumer was seen to sit ~27 s more on a link that
+#: was already back (tests/fault/network, case 2). ``tcp_user_timeout`` fails a
+#: connection whose sent data stays unacknowledged for 10 s, which the consumer
+#: classifies as transient (retry with backoff, on a new connection); the keepalives do
+#: the same for an idle pooled connection, so ``pool_pre_ping`` does not hang on one.
+TCP_LIVENESS: dict[str, int] = {
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
 def make_engine(
     settings: Settings, url: URL | None = None, session: Mapping[str, str] | None = None
 ) -> Engine:
@@ -91,7 +108,11 @@ def make_engine(
     consumer's :data:`CONSUMER_SESSION` timeouts), at connect time, so they cost no
     round trip per transaction.
     """
-    connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": "foodpipe"}
+    connect_args: dict[str, Any] = {
+        "connect_timeout": 5,
+        "application_name": "foodpipe",
+        **TCP_LIVENESS,
+    }
     if session:
         connect_args["options"] = " ".join(f"-c {name}={value}" for name, value in session.items())
     settings.check_database_password()
