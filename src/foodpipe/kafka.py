@@ -167,6 +167,16 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "queue.buffering.max.messages": 10_000,
         "queue.buffering.max.kbytes": 4 * 1024,
         "delivery.timeout.ms": 120_000,
+        # A broker cut off by the network answers nothing, and a produce request sent to
+        # it waits for socket.timeout.ms (librdkafka's default: 60 s) before its batch may
+        # go to the new leader. Leadership moves in ~10 s (broker.session.timeout.ms), so
+        # with the default every order for the isolated leader's partitions waited a
+        # minute (tests/fault/network, case 3). 15 s, with the broker's own wait for the
+        # in-sync replicas (request.timeout.ms) below it so that a slow ISR is answered
+        # with a retriable error before the client gives up on the connection. A retry
+        # of a batch that did land is absorbed by idempotence (same sequence number).
+        "request.timeout.ms": 10_000,
+        "socket.timeout.ms": 15_000,
     }
     config.update(overrides)
     return config
