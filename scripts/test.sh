@@ -53,6 +53,15 @@ if [[ $FOODPIPE_DOCKER_TESTS == 1 ]]; then
     scripts/docker_compose_v2.sh >"$REPO/.docker-engine/compose-v2.log" 2>&1 || status=$?
     echo "$status" >"$FOODPIPE_COMPOSE_V2_STATUS"
   ) &
+  # Toxiproxy for the network-fault suite (tests/fault/network), likewise from Go
+  # (about a minute cold); the suite waits for FOODPIPE_TOXIPROXY_STATUS.
+  export FOODPIPE_TOXIPROXY_STATUS=$REPO/.docker-engine/toxiproxy.status
+  rm -f "$FOODPIPE_TOXIPROXY_STATUS"
+  (
+    status=0
+    scripts/toxiproxy_image.sh >"$REPO/.docker-engine/toxiproxy.log" 2>&1 || status=$?
+    echo "$status" >"$FOODPIPE_TOXIPROXY_STATUS"
+  ) &
   scripts/docker_images.sh >/dev/null
   echo "test: docker engine and images ready in $((SECONDS - docker_start))s" >&2
 fi

@@ -114,6 +114,8 @@ class Checkout:
     file: str = "docker-compose.yml"
     front_end: tuple[str, ...] = LEGACY
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Override files after ``file`` (the network-fault suite's 3-broker cluster).
+    extra_files: tuple[str, ...] = ()
 
     @classmethod
     def create(
@@ -154,8 +156,11 @@ class Checkout:
     def compose(
         self, *args: str, timeout: float = 600, check: bool = True, **extra: str
     ) -> subprocess.CompletedProcess[str]:
-        """``docker-compose [-f FILE] ARGS``: ``-f`` only for the AWS file, as a user types it."""
+        """``docker-compose [-f FILE] ARGS``: ``-f`` only for the AWS file (or with
+        overrides), as a user types it."""
         flags = [] if self.file == "docker-compose.yml" else ["-f", self.file]
+        if self.extra_files:
+            flags = ["-f", self.file] + [arg for name in self.extra_files for arg in ("-f", name)]
         return self.sh([*self.front_end, *flags, *args], timeout=timeout, check=check, **extra)
 
     def setup_env_file(self) -> None:

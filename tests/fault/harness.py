@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -93,6 +93,32 @@ def fd_count(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except (FileNotFoundError, PermissionError):
         return None
+
+
+class Proc(Protocol):
+    """What a case needs of a running ``foodpipe`` service: a :class:`Service` here, a
+    container in the network-fault suite (tests/fault/network)."""
+
+    role: str
+
+    @property
+    def pid(self) -> int: ...
+
+    def alive(self) -> bool: ...
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]: ...
+
+    def events_starting(self, prefix: str) -> list[dict[str, Any]]: ...
+
+    def tail(self, lines: int = 15) -> str: ...
+
+    def terminate(self, timeout: float = 30.0) -> tuple[int, float]: ...
+
+    def wait(self, timeout: float) -> int: ...
+
+    def stacks(self) -> str: ...
+
+    def cleanup(self) -> None: ...
 
 
 @dataclass
@@ -403,8 +429,8 @@ class Fault:
         }
         if fast_session:
             self.env["KAFKA_SESSION_TIMEOUT_MS"] = str(FAST_SESSION_MS)
-        self.producers: list[Service] = []
-        self.consumers: list[Service] = []
+        self.producers: list[Proc] = []
+        self.consumers: list[Proc] = []
         #: Orders acknowledged outside ``foodpipe produce`` (``inject``), by id.
         self.injected_acks: dict[str, Position | None] = {}
         #: Positions of messages that must end in the DLQ, with their error class.
@@ -463,7 +489,7 @@ class Fault:
         self.consumers.append(service)
         return service
 
-    def wait_assigned(self, consumer: Service, timeout: float = 60) -> None:
+    def wait_assigned(self, consumer: Proc, timeout: float = 60) -> None:
         """Wait until ``consumer`` owns partitions (its first assignment is logged)."""
         wait_until(
             lambda: consumer.events_starting("partitions assigned") or not consumer.alive(),
@@ -491,7 +517,7 @@ class Fault:
 
     # ----------------------------------------------------------------- ground truth
 
-    def acknowledge_from_topic(self, producer: Service) -> None:
+    def acknowledge_from_topic(self, producer: Proc) -> None:
         """Ground truth of a producer run at INFO (no per-order lines, for speed).
 
         Its summary says every order was confirmed (delivered N, failed 0); the topic then
@@ -514,7 +540,7 @@ class Fault:
                     acks[event["order_id"]] = (int(event["partition"]), int(event["offset"]))
         return acks
 
-    def producer_summary(self, producer: Service) -> dict[str, Any]:
+    def producer_summary(self, producer: Proc) -> dict[str, Any]:
         stopped = producer.events("producer stopped")
         assert stopped, f"the producer logged no summary:\n{producer.tail()}"
         return stopped[-1]
