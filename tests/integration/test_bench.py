@@ -34,7 +34,6 @@ def _small_bench(
     out: Path,
     extra_args: list[str] | None = None,
     extra_env: dict[str, str] | None = None,
-    orders: int = 2000,
     timeout: float = 240,
 ) -> subprocess.CompletedProcess[str]:
     try:
@@ -54,7 +53,7 @@ def _small_bench(
     return run_foodpipe(
         [
             "bench",
-            "--orders", str(orders),
+            "--orders", "2000",
             "--runs", "1",
             "--naive-rows", "200",
             "--window", "2",
@@ -121,7 +120,6 @@ def test_a_peer_that_cannot_be_had_is_one_line_and_the_bench_goes_on(
         app_password,
         out,
         extra_env={"DEBEZIUM_VERSION": "0.0.0.NotServed"},
-        orders=500,
     )
 
     assert result.returncode == 0, result.stderr[-3000:]

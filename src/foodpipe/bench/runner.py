@@ -288,7 +288,7 @@ class Bench:
         url = None
         try:
             topic = topics.create("peer")
-            copy_s = peer.republish(
+            copied = peer.republish(
                 self.settings, self.probe, orders_topic, topic, self.config.orders
             )
             url = self.dbs.create(f"r{record.index}_peer")
@@ -300,6 +300,7 @@ class Bench:
                 topic=topic,
                 name=f"fpbench-{self.token}-r{record.index}-peer",
                 expected=self.config.orders,
+                last_ids=copied.last_ids,
                 sink_url=url,
                 admin_url=self.dbs.admin_for(url),
                 work_dir=run_dir / "peer",
@@ -317,7 +318,7 @@ class Bench:
             "rows": result.rows,
             "elapsed_s": round(result.elapsed_s, 3),
             "steady_s": round(result.steady_s, 3),
-            "copy_s": round(copy_s, 2),
+            "copy_s": round(copied.seconds, 2),
         }
         self._measured(record, "peer_jdbc", result.rate)
         self._measured(record, "peer_jdbc_steady", result.steady_rate)
