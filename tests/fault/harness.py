@@ -386,6 +386,7 @@ class Fault:
         results: list[CaseResult],
         bootstrap: str | None = None,
         fast_session: bool = True,
+        group_protocol: str | None = None,
     ) -> None:
         self.case = case
         self.title = title
@@ -403,6 +404,8 @@ class Fault:
         }
         if fast_session:
             self.env["KAFKA_SESSION_TIMEOUT_MS"] = str(FAST_SESSION_MS)
+        if group_protocol is not None:
+            self.env["KAFKA_GROUP_PROTOCOL"] = group_protocol
         self.producers: list[Service] = []
         self.consumers: list[Service] = []
         #: Orders acknowledged outside ``foodpipe produce`` (``inject``), by id.
