@@ -279,7 +279,7 @@ def run(settings: Settings, runs: int, session_ms: int, workdir: Path) -> dict[s
         "cpu_busy_pct_before": round(busy_pct(), 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.version(),
         "librdkafka": confluent_kafka.libversion()[0],
         "bootstrap": settings.kafka_bootstrap_servers,
     }
@@ -311,20 +311,39 @@ def run(settings: Settings, runs: int, session_ms: int, workdir: Path) -> dict[s
     }
 
 
+#: Row labels of the Markdown table, in order.
+LABELS = {
+    "scale_1_to_2_s": "scale-out 1 → 2 members: joined → balanced",
+    "scale_2_to_3_s": "scale-out 2 → 3 members: joined → balanced",
+    "crash_takeover_s": "crash (SIGKILL 1 of 3): kill → the other 2 own all partitions",
+    "restart_sigterm_dynamic_back_s": "restart after SIGTERM, dynamic: stop → back and balanced",
+    "restart_sigterm_dynamic_other_member_callbacks": "… rebalance callbacks at the other member",
+    "restart_sigterm_static_back_s": "restart after SIGTERM, static: stop → back and balanced",
+    "restart_sigterm_static_other_member_callbacks": "… rebalance callbacks at the other member",
+    "restart_sigkill_dynamic_back_s": "restart after SIGKILL, dynamic: kill → back and balanced",
+    "restart_sigkill_dynamic_other_member_callbacks": "… rebalance callbacks at the other member",
+    "restart_sigkill_static_back_s": "restart after SIGKILL, static: kill → back and balanced",
+    "restart_sigkill_static_other_member_callbacks": "… rebalance callbacks at the other member",
+    "restart_sigkill_static_restarts_after_exit": "… times the restarted member exited (fenced)",
+}
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     results = document["results"]
-    keys = list(results[PROTOCOLS[0]])
     lines = [
         f"# Consumer group protocols: rebalance timings ({document['date'][:10]})",
         "",
-        "`python -m foodpipe.bench.groups` (see its docstring for what each row times),"
-        f" {document['runs']} runs per protocol, session timeout"
-        f" {document['session_timeout_ms']} ms, no orders flowing. Median (min-max).",
+        "`python -m foodpipe.bench.groups --runs 3` (its docstring says what each row"
+        f" times): {document['runs']} runs per protocol, session timeout"
+        f" {document['session_timeout_ms']} ms, one broker, a 3-partition topic, no orders"
+        " flowing; real `foodpipe consume` processes. Median (min-max). The restart rows"
+        " include the new process's start-up (Python imports, the broker and database"
+        " checks), several seconds on this shared machine.",
         "",
-        "| measurement | classic (cooperative-sticky) | consumer (KIP-848) |",
+        "| measurement | classic (cooperative-sticky) | consumer (KIP-848, uniform) |",
         "| --- | --- | --- |",
     ]
-    for key in keys:
+    for key, label in LABELS.items():
         cells = []
         for protocol in PROTOCOLS:
             entry = results[protocol].get(key)
@@ -332,9 +351,10 @@ def render_markdown(document: dict[str, Any]) -> str:
                 cells.append("-")
                 continue
             unit = " s" if key.endswith("_s") else ""
-            cells.append(f"{entry['median']:g}{unit} ({entry['min']:g}-{entry['max']:g})")
-        lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
-    lines += ["", "Conditions: `" + json.dumps(document["conditions"], sort_keys=True) + "`", ""]
+            cells.append(f"{entry['median']:.1f}{unit} ({entry['min']:.1f}-{entry['max']:.1f})")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    conditions = ", ".join(f"{k} {v}" for k, v in sorted(document["conditions"].items()))
+    lines += ["", f"Conditions: {conditions}.", ""]
     return "\n".join(lines)
 
 
@@ -345,7 +365,15 @@ def main(argv: list[str] | None = None) -> int:
         "--session-ms", type=int, default=10_000, help="session timeout (default 10000)"
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only write the .md of an earlier run's .json"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        args.render.with_suffix(".md").write_text(
+            render_markdown(json.loads(args.render.read_text()))
+        )
+        return 0
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="foodpipe-groups-") as tmp:
         try:
