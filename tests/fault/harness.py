@@ -108,7 +108,7 @@ class Proc(Protocol):
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]: ...
 
-    def events_starting(self, prefix: str) -> list[dict[str, Any]]: ...
+    def events_starting(self, prefix: str | tuple[str, ...]) -> list[dict[str, Any]]: ...
 
     def tail(self, lines: int = 15) -> str: ...
 
@@ -145,7 +145,7 @@ class Service:
     def has_logged(self, name: str, at_least: int = 1) -> bool:
         return len(self.events(name)) >= at_least
 
-    def events_starting(self, prefix: str) -> list[dict[str, Any]]:
+    def events_starting(self, prefix: str | tuple[str, ...]) -> list[dict[str, Any]]:
         return [e for e in read_events(self.log_path) if str(e.get("event", "")).startswith(prefix)]
 
     def tail(self, lines: int = 15) -> str:

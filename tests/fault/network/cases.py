@@ -24,7 +24,7 @@ from foodpipe.kafka import admin_config, ensure_topics, topic_specs, wait_for_br
 from foodpipe.settings import load_settings
 from tests.conftest import Pipeline, Stack
 from tests.docker.harness import inspect, run
-from tests.fault.harness import CaseResult, Fault
+from tests.fault.harness import CaseResult, Fault, Proc
 from tests.fault.network.topology import Topology
 from tests.poison import POISON, record, valid_order
 from tests.support import wait_until
@@ -126,6 +126,16 @@ class ContainerService:
             run(["docker", "kill", self.cid], check=False)
 
 
+def owned(consumer: Proc) -> set[int]:
+    """The partitions ``consumer`` owns now, from its own assignment log lines."""
+    events = consumer.events_starting(
+        ("partitions assigned", "partitions revoked", "partitions lost")
+    )
+    if not events:
+        return set()
+    return {int(name.rsplit("[", 1)[1].rstrip("]")) for name in events[-1].get("owned", [])}
+
+
 #: One row per case of the report's table, in the order the cases ran.
 ROWS: list[dict[str, Any]] = []
 
@@ -212,8 +222,20 @@ class NetworkCase(Fault):
             self.consumers.append(
                 ContainerService(f"consumer_{index}", self.topology.container("consumer", index))
             )
-        for consumer in self.consumers:
-            self.wait_assigned(consumer, timeout=120)
+        # Settled: every replica owns partitions and together they own all of them (a
+        # cooperative rebalance first hands everything to one member, then moves some).
+        partitions = set(range(self.pipeline.settings.kafka_topic_partitions))
+        wait_until(
+            lambda: (
+                all(owned(c) for c in self.consumers)
+                and set().union(*(owned(c) for c in self.consumers)) == partitions
+            ),
+            timeout=120,
+            interval=0.5,
+            message=lambda: (
+                "every consumer to own partitions:\n" + "\n".join(c.tail(3) for c in self.consumers)
+            ),
+        )
 
     def begin(self, first_poison: int, rate: float = 200) -> None:
         """Every case's start: the services at ``rate``, a few poison messages among

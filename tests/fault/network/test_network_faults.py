@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from tests.docker.harness import run
 from tests.fault.harness import group_members
-from tests.fault.network.cases import ContainerService, NetworkCase
+from tests.fault.network.cases import ContainerService, NetworkCase, owned
 from tests.fault.network.topology import (
     BROKERS,
     KAFKA_PROXY_PORTS,
@@ -45,19 +45,6 @@ ALL_CLIENT_PORTS = f"{KAFKA_PROXY_PORTS},{PG_PORT}"
 
 
 # --------------------------------------------------------------------------- helpers
-def owned(consumer: ContainerService) -> set[int]:
-    """The partitions ``consumer`` owns now, from its own assignment log lines."""
-    events = [
-        e
-        for e in consumer.events()
-        if str(e.get("event", "")).startswith(("partitions assigned", "partitions revoked"))
-        or str(e.get("event", "")).startswith("partitions lost")
-    ]
-    if not events:
-        return set()
-    return {int(name.rsplit("[", 1)[1].rstrip("]")) for name in events[-1].get("owned", [])}
-
-
 def partition_state(bootstrap: str, topic: str) -> dict[int, tuple[int, list[int]]]:
     """(leader, ISR) per partition, from the brokers that answer."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
