@@ -179,6 +179,8 @@ class LoopConfig:
     #: container limit (OOM, restart, the same batch again: a crash loop). Same size as
     #: the prefetch queue (``queued.max.messages.kbytes``).
     batch_max_bytes: int = 8 * 1024 * 1024
+    #: A write still running this long after the next batch is ready is logged (throttled).
+    slow_write_s: float = 1.0
     #: Longest single ``consume()``/``poll()`` call, so a stop request is seen promptly.
     poll_slice_s: float = 0.5
     summary_interval_s: float = 5.0
@@ -396,7 +398,7 @@ class ConsumerService:
         entries = self._decode(messages)
         # The previous batch's outcome is folded in (and its offsets committed) before this
         # one is handed over: batches are written, and offsets committed, in order.
-        self._finish_write()
+        self._finish_write(waiting=len(entries))
         # A revoke while we waited may have taken some of these partitions away.
         owned = [e for e in entries if e.partition_key in self._assigned]
         self.stats.dropped_on_revoke += len(entries) - len(owned)
@@ -415,7 +417,7 @@ class ConsumerService:
             future.set_result(WriteResult())
         self._write = _Write(entries, valid, future, started)
 
-    def _finish_write(self, *, in_callback: bool = False) -> None:
+    def _finish_write(self, *, in_callback: bool = False, waiting: int = 0) -> None:
         """Wait for the batch being written and fold its outcome in.
 
         Success: settle the rows, dead-letter the poison, record the offsets and (unless
@@ -429,7 +431,10 @@ class ConsumerService:
             return
         try:
             # Blocks until the writer thread is done; it holds no Kafka state.
-            outcome: tuple[list[Entry], WriteResult] | None = (write.valid, write.future.result())
+            outcome: tuple[list[Entry], WriteResult] | None = (
+                write.valid,
+                self._result(write, waiting),
+            )
         except (SQLAlchemyError, FoodpipeError) as exc:
             if in_callback:
                 return
@@ -484,6 +489,23 @@ class ConsumerService:
                 poison.__context__ = None
                 entries.append(Entry(message, poison=poison))
         return entries
+
+    def _result(self, write: _Write, waiting: int) -> WriteResult:
+        if not waiting:
+            return write.future.result()
+        try:
+            return write.future.result(timeout=self._config.slow_write_s)
+        except TimeoutError:
+            # Two batches in flight and the first one is slow: say so (an operator sees a
+            # slow database; the fault suite waits for this line to act at that moment).
+            self._warn_throttled(
+                "slow-write",
+                "the database write is slow; the next batch is validated and waits for it",
+                writing=len(write.valid),
+                waiting=waiting,
+                waited_s=self._config.slow_write_s,
+            )
+            return write.future.result()
 
     def _write_with_retry(
         self, write: _Write, first_error: SQLAlchemyError | FoodpipeError
