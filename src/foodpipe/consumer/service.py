@@ -2,16 +2,19 @@
 
 The delivery contract
 =====================
-One iteration handles one batch, in this order, and never commits an offset whose
-message is not safely somewhere (a row in PostgreSQL or a record in the DLQ):
+Each batch goes through these steps, in this order, and no offset is committed whose
+message is not safely somewhere (a row in PostgreSQL or a record in the DLQ). Steps 3
+and the database commit of step 5 run on a writer thread, overlapped with steps 1-2 of
+the next batch (see "Two batches in flight" below):
 
 1. **Poll a batch**: up to ``BATCH_SIZE`` messages, 8 MiB of keys and values, or
    ``BATCH_TIMEOUT_MS``, whichever comes first (``consume()`` without waiting for what
    is prefetched, then waiting for one message at a time, in slices of at most half a
    second so a stop request is noticed promptly). When nothing more is prefetched and
    none arrives within ``BATCH_LINGER_MS`` (5 ms), the batch is written as it is: a
-   light load gets low latency, a backlog still gets full batches. One batch is in
-   memory at a time.
+   light load gets low latency, a backlog still gets full batches. With a batch being
+   written and nothing prefetched, the loop waits for that write (not for Kafka) and
+   commits it at once.
 2. **Decode and validate** each message with the shared ``Order`` model and its business
    rules (:func:`~foodpipe.consumer.decode.decode`). A message that is not a valid order
    becomes a :class:`~foodpipe.errors.PoisonMessage` with a named error class.
@@ -35,6 +38,21 @@ message is not safely somewhere (a row in PostgreSQL or a record in the DLQ):
    the lost partitions while the loop waited for the commit, for ever. Only the last
    commit, at shutdown, is synchronous.
 
+Two batches in flight
+---------------------
+While the writer thread writes batch n (psycopg2 releases the GIL while PostgreSQL
+works), the loop polls and validates batch n+1. The hand-off has depth one: batch n+1
+is handed over only after batch n's outcome is folded in on the loop's thread (rows
+settled, poison dead-lettered and confirmed, offsets recorded and committed). Hence:
+
+- offsets are committed in order per partition, and only after their batch's DB commit;
+- at most two batches are in memory (8 MiB each at most);
+- Kafka and the DLQ producer are only touched by the loop's thread; the writer thread
+  only runs :meth:`~foodpipe.db.OrderWriter.write`, and its exception is re-raised on
+  the loop's thread, where it is classified exactly as before (the retries then run on
+  the loop's thread, which keeps polling between them);
+- a crash with both in flight commits neither; a stop finishes both, in order.
+
 Failures (the decision table is :mod:`foodpipe.consumer.classify`):
 
 - *poison*: steps 2-4; the offset moves past it.
@@ -53,24 +71,33 @@ and partitions that stay are never taken away and given back; the callbacks do n
 ``incremental_assign``/``incremental_unassign`` themselves: confluent-kafka does that
 right after each callback returns, with the committed offsets as start positions):
 
-- The loop is single-threaded, so rebalance callbacks run *inside* ``consume()`` or
-  ``poll()``. Between batches nothing is in flight. The only place a batch is in flight
-  while polling is the transient-retry wait, and that batch is unwritten by definition.
-- ``on_revoke``: the in-flight messages of the revoked partitions are dropped (never
-  written, never committed: the new owner reads them again from the committed offset,
-  and the idempotent insert makes any overlap harmless); offsets already written but not
-  yet committed (a commit that failed) are committed now, while we still own them.
+- Rebalance callbacks run on the loop's thread, *inside* ``consume()`` or ``poll()``:
+  while batch n+1 is gathered, batch n may be on the writer thread; during the
+  transient-retry wait, the batch being retried is unwritten by definition.
+- ``on_revoke``: first wait for the batch on the writer thread and, if it was written,
+  fold it in (dead letters, offsets) so that it is committed below while the partitions
+  are still ours; if it failed, the loop retries what is left of it. Then the unwritten
+  messages of the revoked partitions are dropped (never written, never committed: the
+  new owner reads them again from the committed offset, and the idempotent insert makes
+  any overlap harmless); offsets written but not yet committed are committed now.
 - ``on_lost``: the partitions already belong to someone else, so a commit would be
-  refused or, worse, move a stranger's offset: drop their in-flight messages and
+  refused or, worse, move a stranger's offset: drop their in-flight messages (also from
+  the batch on the writer thread, which may still insert their rows harmlessly) and
   pending offsets, commit nothing.
 - ``on_assign``: log what this member owns now (INFO); if we are waiting on the
   database, the new partitions are paused too before any of their messages is used.
 - As a last guard, messages of a partition we no longer own are filtered out of every
   batch.
 
-Shutdown: ``request_stop()`` (SIGTERM/SIGINT) lets the current batch finish (written and
-committed) or, if it is waiting on the database, abandons it uncommitted; then the
-consumer is closed, which leaves the group at once instead of after the session timeout.
+Shutdown: ``request_stop()`` (SIGTERM/SIGINT) lets the batches in hand finish (written
+and committed, in order) or, if one is waiting on the database, abandons it uncommitted;
+then the consumer is closed, which leaves the group at once instead of after the session
+timeout. Leaving on an error, the batch on the writer thread is waited for but neither
+dead-lettered nor committed.
+
+Durability is not traded for speed: no ``synchronous_commit=off``, no unlogged table, no
+offset commit before the database's COMMIT has returned (docs/KeyPoints/consumer.md says
+why each is refused).
 """
 
 from __future__ import annotations
