@@ -721,6 +721,25 @@ def test_a_failed_write_on_the_writer_thread_is_retried_before_the_next_batch(
     assert h.service.stats.db_retries == 1
 
 
+def test_stop_while_retrying_abandons_both_batches_and_commits_neither(h: Harness) -> None:
+    held = HeldWrite(h, [msg(0, 2, valid_order(2))])
+    h.writer.on_write = held
+    h.writer.failures = [transient()]
+
+    def release() -> list[Msg]:
+        assert held.started.wait(10), "the first write never started"
+        held.release.set()  # the first attempt fails; the stop comes during the retry wait
+        return []
+
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], release]
+    h.consumer.poll_steps = [h.service.request_stop]  # the stop comes during the retry wait
+    h.run()
+    # Batch 2 came after the unwritten batch 1: committing it would skip batch 1.
+    assert h.of("write") == []
+    assert h.of("commit") == []
+    assert h.service.stats.abandoned == 2
+
+
 def test_a_commit_never_answered_is_sent_again_after_a_while(h: Harness) -> None:
     h.consumer.coordinator_silent = True
     quiet: list[Step] = [[] for _ in range(200)]  # 200 polls of 0.5 s: 100 s

@@ -425,7 +425,11 @@ class ConsumerService:
         entries = self._decode(messages)
         # The previous batch's outcome is folded in (and its offsets committed) before this
         # one is handed over: batches are written, and offsets committed, in order.
-        self._finish_write(waiting=len(entries))
+        if not self._finish_write(waiting=len(entries)):
+            # Stopping with the previous batch unwritten: this one must not be written and
+            # committed past it (its offsets would cover the unwritten messages).
+            self.stats.abandoned += len(entries)
+            return
         # A revoke while we waited may have taken some of these partitions away.
         owned = [e for e in entries if e.partition_key in self._assigned]
         self.stats.dropped_on_revoke += len(entries) - len(owned)
@@ -444,18 +448,18 @@ class ConsumerService:
             future.set_result(WriteResult())
         self._write = _Write(entries, valid, future, started)
 
-    def _finish_write(self, *, in_callback: bool = False, waiting: int = 0) -> None:
+    def _finish_write(self, *, in_callback: bool = False, waiting: int = 0) -> bool:
         """Wait for the batch being written and fold its outcome in.
 
         Success: settle the rows, dead-letter the poison, record the offsets and (unless
         called from a rebalance callback, which commits for itself) commit them. Failure:
         retry the same batch with backoff, partitions paused (see ``_write_with_retry``);
         from a rebalance callback, leave the failure to the loop, which retries whatever
-        is left of the batch.
+        is left of the batch. False when a stop abandoned the batch unwritten.
         """
         write = self._write
         if write is None or write.settled:
-            return
+            return True
         try:
             # Blocks until the writer thread is done; it holds no Kafka state.
             outcome: tuple[list[Entry], WriteResult] | None = (
@@ -464,7 +468,7 @@ class ConsumerService:
             )
         except (SQLAlchemyError, FoodpipeError) as exc:
             if in_callback:
-                return
+                return True
             outcome = self._write_with_retry(write, exc)
         if outcome is None:  # stop requested while the database was unavailable
             self._write = None
@@ -473,7 +477,7 @@ class ConsumerService:
                 "stopping with an unwritten batch; it will be redelivered",
                 messages=len(write.entries),
             )
-            return
+            return False
         written_entries, result = outcome
         write.settled = True
         self._write = None
@@ -492,6 +496,7 @@ class ConsumerService:
         latency = self._clock() - write.started
         self.stats.record_batch(latency)
         self._observer.observe_batch(len(write.entries), latency)
+        return True
 
     def _decode(self, messages: list[KafkaMessage]) -> list[Entry]:
         entries = []
