@@ -12,6 +12,9 @@
 #   env [--admin]    print the services' KEY=VALUE settings, the app role's password
 #                    included; --admin adds DATABASE_ADMIN_URL (the owner: tests, bench)
 #   kafka-jars       resolve the Kafka jars only (idempotent) and print their folder
+#   connect-plugin   resolve the Kafka jars and the Debezium JDBC sink's plugin archive
+#                    (idempotent; for the bench's peer row) and print CONNECT_LIBS=... and
+#                    CONNECT_PLUGIN_PATH=...
 #   kafka-kill N     SIGKILL broker N          kafka-stop N / kafka-cont N   SIGSTOP / SIGCONT
 #   kafka-start N    start broker N again      kafka-term N                  SIGTERM and wait
 #   pg-stop          pg_ctl stop -m immediate  pg-start                      start PostgreSQL again
@@ -30,6 +33,7 @@
 #                   into STACK_DIR/tls on first start. `env` then prints the
 #                   KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_CA_LOCATION and
 #                   POSTGRES_SSL* settings too. Give it its own STACK_DIR and ports.
+#   DEBEZIUM_VERSION  the JDBC sink's version for connect-plugin (default: scripts/kafka/pom.xml)
 #   PYTHON          the interpreter that has foodpipe installed (default <repo>/.venv/bin/python)
 #
 # Non-default ports keep the stack clear of a Compose stack on 9092/5432 on the same machine.
@@ -47,6 +51,8 @@ STACK_SERVICES=${STACK_SERVICES:-kafka pg}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 CACHE_DIR=${FOODPIPE_CACHE_DIR:-$REPO/.stack/cache}
 LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
+DEBEZIUM_VERSION=${DEBEZIUM_VERSION:-$(sed -n 's:.*<debezium.version>\(.*\)</debezium.version>.*:\1:p' "$REPO/scripts/kafka/pom.xml")}
+PLUGINS="$CACHE_DIR/connect-plugins-debezium-jdbc-$DEBEZIUM_VERSION"
 PG_DIR=${PG_DIR:-$STACK_DIR/pg}
 PG_ADMIN_USER=foodpipe_admin
 PG_APP_USER=foodpipe_app
@@ -182,6 +188,24 @@ fetch_kafka() {
     -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2 \
     || die "Maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION; check network access to Maven Central"
   touch "$LIBS/.complete"
+}
+
+# The Debezium JDBC sink for Kafka Connect (the bench's peer row). Its own dependency
+# graph does not fully resolve from Maven, but its plugin archive (classifier plugin,
+# tar.gz) bundles everything it needs; Connect's runtime is among the Kafka jars above.
+fetch_connect_plugin() {
+  fetch_kafka
+  [[ -f $PLUGINS/.complete ]] && return
+  local artifact="io.debezium:debezium-connector-jdbc:$DEBEZIUM_VERSION:tar.gz:plugin"
+  say "resolving $artifact into $PLUGINS (first use only)"
+  rm -rf "$PLUGINS"; mkdir -p "$PLUGINS/download"
+  mvn -q -B -C -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+    -Dartifact="$artifact" -DoutputDirectory="$PLUGINS/download" >&2 \
+    || die "Maven could not resolve $artifact; check network access to Maven Central"
+  tar -xzf "$PLUGINS"/download/*.tar.gz -C "$PLUGINS" || die "unpacking $artifact failed"
+  rm -rf "$PLUGINS/download"
+  touch "$PLUGINS/.complete"
 }
 
 write_kafka_config() {
@@ -586,6 +610,11 @@ main() {
     status) cmd_status ;;
     env) print_env "$@" ;;
     kafka-jars) fetch_kafka; echo "$LIBS" ;;
+    connect-plugin)
+      fetch_connect_plugin
+      echo "CONNECT_LIBS=$LIBS"
+      echo "CONNECT_PLUGIN_PATH=$PLUGINS"
+      ;;
     kafka-kill)
       # Wait until it is gone: a JVM takes a moment to die, and a kafka-start right
       # after would otherwise find the old pid alive and start nothing.

@@ -18,7 +18,7 @@ RSS_LIMIT_MIB = 128.0
 class MetricInfo:
     label: str
     unit: str
-    group: Literal["ceiling", "pipeline", "accuracy", "latency", "memory"]
+    group: Literal["ceiling", "pipeline", "peer", "accuracy", "latency", "memory"]
     higher_is_better: bool = True
 
 
@@ -39,6 +39,12 @@ METRICS: dict[str, MetricInfo] = {
     "drain_1_steady": MetricInfo("drain, 1 consumer (first to last row)", "orders/s", "pipeline"),
     "drain_2_steady": MetricInfo("drain, 2 consumers (first to last row)", "orders/s", "pipeline"),
     "drain_3_steady": MetricInfo("drain, 3 consumers (first to last row)", "orders/s", "pipeline"),
+    # The peer an engineer would pick instead (Kafka Connect + the Debezium JDBC sink),
+    # draining the same orders; optional (``--no-peer``, or no Java / jars / connector).
+    "peer_jdbc": MetricInfo("JDBC-sink peer (start to last row)", "orders/s", "peer"),
+    "peer_jdbc_steady": MetricInfo("JDBC-sink peer (first to last row)", "orders/s", "peer"),
+    # Not an ``rss_`` metric: the 128 MiB limit is for foodpipe's own services.
+    "peer_jdbc_rss": MetricInfo("JDBC-sink peer peak RSS (its JVM)", "MiB", "peer", False),
     # Rate accuracy: achieved rate over a fixed window, and its error.
     "rate_10_achieved": MetricInfo("achieved rate at --rate 10", "orders/s", "accuracy"),
     "rate_10_error": MetricInfo("rate error at --rate 10", "%", "accuracy", False),
@@ -66,10 +72,11 @@ METRICS: dict[str, MetricInfo] = {
 class Ratio:
     numerator: str
     denominator: str
+    title: str = ""
 
     @property
     def label(self) -> str:
-        return f"{self.numerator} / {self.denominator}"
+        return self.title or f"{self.numerator} / {self.denominator}"
 
 
 RATIOS: dict[str, Ratio] = {
@@ -80,7 +87,25 @@ RATIOS: dict[str, Ratio] = {
     },
     "drain_1_vs_kafka_consume": Ratio("drain_1", "kafka_consume"),
     "producer_vs_kafka_produce": Ratio("producer_max", "kafka_produce"),
+    "drain_1_steady_vs_peer_jdbc_steady": Ratio(
+        "drain_1_steady",
+        "peer_jdbc_steady",
+        "drain, 1 consumer vs the JDBC-sink peer, first row → last row",
+    ),
+    "drain_1_vs_peer_jdbc": Ratio(
+        "drain_1", "peer_jdbc", "drain, 1 consumer vs the JDBC-sink peer, start → last row"
+    ),
 }
+
+#: Metrics and ratios a bench may lack when the peer could not run (it says so instead).
+OPTIONAL: frozenset[str] = frozenset(
+    [name for name, info in METRICS.items() if info.group == "peer"]
+    + [
+        name
+        for name, ratio in RATIOS.items()
+        if METRICS[ratio.denominator].group == "peer" or METRICS[ratio.numerator].group == "peer"
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +134,10 @@ TARGETS: tuple[Target, ...] = (
     Target("drain with 1 consumer >= 10 x DB-NAIVE", "drain_1_vs_db_naive", ">=", 10.0),
     Target("aim: drain with 1 consumer >= 0.5 x DB-COPY", "drain_1_vs_db_copy", ">=", 0.5,
            required=False),
+    Target("drain with 1 consumer >= 1.0 x the JDBC-sink peer, first row → last row",
+           "drain_1_steady_vs_peer_jdbc_steady", ">=", 1.0),
+    Target("aim: drain with 1 consumer >= 1.5 x the JDBC-sink peer, first row → last row",
+           "drain_1_steady_vs_peer_jdbc_steady", ">=", 1.5, required=False),
     Target("producer >= 20,000 confirmed orders/s", "producer_max", ">=", 20_000.0),
     Target("end-to-end p99 <= 100 ms at 1000/s", "e2e_1000_p99", "<=", 100.0),
     Target("rate accuracy at 10/s within +-2%", "rate_10_error", "<=", 2.0, "worst",

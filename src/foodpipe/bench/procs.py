@@ -96,16 +96,15 @@ def child_env(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
-class FoodpipeProcess:
-    """``python -m foodpipe ARGS`` with its output in ``log_path`` and its peak RSS."""
+class ChildProcess:
+    """``argv`` with its output in ``log_path`` and its peak RSS."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
-        self.args = list(args)
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self.started = time.monotonic()
         with open(log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "foodpipe", "--env-file", "/dev/null", *self.args],
+                list(argv),
                 env=dict(env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -137,6 +136,19 @@ class FoodpipeProcess:
             if self.proc.poll() is not None:
                 self.rss.stop()
 
+    def tail(self, lines: int = 5) -> str:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").strip()
+        return " | ".join(text.splitlines()[-lines:])
+
+
+class FoodpipeProcess(ChildProcess):
+    """``python -m foodpipe ARGS`` with its output in ``log_path`` and its peak RSS."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.args = list(args)
+        argv = [sys.executable, "-m", "foodpipe", "--env-file", "/dev/null", *self.args]
+        super().__init__(argv, env, log_path)
+
     def log_events(self) -> Iterator[dict[str, Any]]:
         """The child's JSON log lines, parsed (other lines are skipped)."""
         with open(self.log_path, encoding="utf-8", errors="replace") as log:
@@ -146,7 +158,3 @@ class FoodpipeProcess:
                         yield json.loads(line)
                     except ValueError:
                         continue
-
-    def tail(self, lines: int = 5) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace").strip()
-        return " | ".join(text.splitlines()[-lines:])

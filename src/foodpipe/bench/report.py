@@ -148,6 +148,20 @@ def _spread(entry: dict[str, Any], unit: str) -> str:
     return f"{entry['spread_pct']:.1f}%"
 
 
+def _peer_line(peer: dict[str, Any] | None) -> str:
+    """One line on the JDBC-sink peer row: what it ran, or why it is missing."""
+    if peer is None:
+        return "JDBC-sink peer: not part of this result."
+    if peer["status"] != "measured":
+        return f"JDBC-sink peer: not measured, {peer['status']}."
+    settings = ", ".join(f"{k}={v}" for k, v in peer["settings"].items())
+    return (
+        f"JDBC-sink peer: Kafka Connect {peer['kafka_connect']} standalone with the Debezium"
+        f" JDBC sink {peer['debezium_connector_jdbc']} ({settings}), draining a copy of the"
+        " same orders as JSON with schema into its own table of the same shape."
+    )
+
+
 def render_markdown(document: dict[str, Any], chart: Path | None = None) -> str:
     c = document["conditions"]
     v = c["versions"]
@@ -174,6 +188,8 @@ def render_markdown(document: dict[str, Any], chart: Path | None = None) -> str:
         f" linger.ms={c['producer'].get('linger.ms')},"
         f" compression={c['producer'].get('compression.type')}, acks={c['producer'].get('acks')};"
         f" rate windows of {b['rate_window_s']:g} s after {b['rate_warmup_s']:g} s of warm-up.",
+        "",
+        _peer_line(c.get("peer")),
         "",
         "Figures are the median of the runs; spread is (max - min) / median, or for figures"
         " that are themselves percentages (max - min) in percentage points (pp), since"
@@ -237,6 +253,7 @@ _THROUGHPUT = (
     "drain_1",
     "drain_2",
     "drain_3",
+    "peer_jdbc",
 )
 _SHORT = {
     "db_copy": "DB-COPY",
@@ -248,7 +265,9 @@ _SHORT = {
     "drain_1": "drain, 1 consumer",
     "drain_2": "drain, 2 consumers",
     "drain_3": "drain, 3 consumers",
+    "peer_jdbc": "JDBC-sink peer",
 }
+_COLOURS = {"ceiling": "#9e9e9e", "peer": "#ff7f0e"}
 
 
 def render_chart(document: dict[str, Any], path: Path) -> None:
@@ -275,11 +294,11 @@ def render_chart(document: dict[str, Any], path: Path) -> None:
         [metrics[n]["median"] - metrics[n]["min"] for n in names],
         [metrics[n]["max"] - metrics[n]["median"] for n in names],
     ]
-    colours = ["#9e9e9e" if METRICS[n].group == "ceiling" else "#1f77b4" for n in names]
+    colours = [_COLOURS.get(METRICS[n].group, "#1f77b4") for n in names]
     ax.barh([_SHORT[n] for n in names], medians, xerr=errors, color=colours, capsize=3)
     ax.set_xscale("log")
     ax.set_xlabel("messages or rows per second (log scale)")
-    ax.set_title("Throughput: ceilings (grey) vs pipeline (blue)")
+    ax.set_title("Throughput: ceilings (grey), pipeline (blue), JDBC-sink peer (orange)")
     for y, name in enumerate(names):
         # Right of the whisker, so the label never sits on it.
         ax.text(

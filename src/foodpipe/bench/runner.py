@@ -19,12 +19,13 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 from sqlalchemy.engine import URL
 
-from foodpipe.bench import ceilings, pipeline
+from foodpipe.bench import ceilings, peer, pipeline
 from foodpipe.bench.ceilings import KafkaTools
 from foodpipe.bench.conditions import CpuSample, busy_pct
 from foodpipe.bench.data import Dataset, make_dataset
+from foodpipe.bench.peer import PeerTools, PeerUnavailable
 from foodpipe.bench.pipeline import KafkaProbe
-from foodpipe.bench.scratch import ScratchDatabases, ScratchTopics
+from foodpipe.bench.scratch import ScratchDatabases, ScratchTopics, grant
 from foodpipe.kafka import admin_config, producer_config
 from foodpipe.settings import Settings
 
@@ -109,6 +110,8 @@ class Bench:
         dbs: ScratchDatabases,
         work_dir: Path,
         log: Any,
+        peer_tools: PeerTools | None = None,
+        peer_note: str = "not asked for (--no-peer)",
     ) -> None:
         self.settings = settings
         self.config = config
@@ -120,6 +123,10 @@ class Bench:
         self.admin = AdminClient(admin_config(settings))
         self.probe = KafkaProbe(self.admin, config.partitions)
         self.data: Dataset | None = None
+        #: The JDBC-sink peer's tools, or ``None`` when it does not run (``peer_note`` says
+        #: why, in one line: it was not asked for, or it could not be had).
+        self.peer_tools = peer_tools
+        self.peer_note = peer_note if peer_tools is None else "measured"
 
     def prepare(self) -> Dataset:
         started = time.monotonic()
@@ -163,6 +170,8 @@ class Bench:
             self._kafka_consume(record, orders_topic)
             for consumers in CONSUMERS:
                 self._drain(record, orders_topic, dlq_topic, consumers, run_dir)
+            if self.peer_tools is not None:
+                self._peer(record, topics, orders_topic, run_dir)
             for rate in RATES:
                 self._fixed_rate(record, topics, rate, run_dir)
         finally:
@@ -270,6 +279,50 @@ class Bench:
         self._measured(record, f"drain_{consumers}", result.rate)
         self._measured(record, f"drain_{consumers}_steady", result.steady_rate)
         self._measured(record, f"rss_consumer_drain_{consumers}", result.rss_mib)
+
+    def _peer(
+        self, record: RunRecord, topics: ScratchTopics, orders_topic: str, run_dir: Path
+    ) -> None:
+        """The JDBC-sink peer drains the same orders; if it cannot, one line and go on."""
+        assert self.peer_tools is not None
+        url = None
+        try:
+            topic = topics.create("peer")
+            copied = peer.republish(
+                self.settings, self.probe, orders_topic, topic, self.config.orders
+            )
+            url = self.dbs.create(f"r{record.index}_peer")
+            # insert.mode=upsert is INSERT ... ON CONFLICT DO UPDATE: it needs UPDATE too.
+            grant(self.dbs.admin_for(url), "UPDATE", self.dbs.app_url.username)
+            result = peer.drain(
+                self.settings,
+                self.peer_tools,
+                topic=topic,
+                name=f"fpbench-{self.token}-r{record.index}-peer",
+                expected=self.config.orders,
+                last_ids=copied.last_ids,
+                sink_url=url,
+                admin_url=self.dbs.admin_for(url),
+                work_dir=run_dir / "peer",
+                log_dir=run_dir,
+            )
+        except PeerUnavailable as exc:
+            self.peer_tools = None
+            self.peer_note = f"could not be had in run {record.index}: {exc}"
+            self.log.warning(f"JDBC-sink peer not measured: {exc}; the bench goes on")
+            return
+        finally:
+            if url is not None:
+                self.dbs.drop(url)
+        record.details["peer_jdbc"] = {
+            "rows": result.rows,
+            "elapsed_s": round(result.elapsed_s, 3),
+            "steady_s": round(result.steady_s, 3),
+            "copy_s": round(copied.seconds, 2),
+        }
+        self._measured(record, "peer_jdbc", result.rate)
+        self._measured(record, "peer_jdbc_steady", result.steady_rate)
+        self._measured(record, "peer_jdbc_rss", result.rss_mib)
 
     def _fixed_rate(
         self, record: RunRecord, topics: ScratchTopics, rate: int, run_dir: Path

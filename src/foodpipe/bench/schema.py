@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from foodpipe.bench.metrics import METRICS, RATIOS
+from foodpipe.bench.metrics import METRICS, OPTIONAL, RATIOS
 
 _NUMBER = {"type": "number"}
 _SUMMARY: dict[str, Any] = {
@@ -103,7 +103,7 @@ RESULT_SCHEMA: dict[str, Any] = {
         },
         "metrics": {
             "type": "object",
-            "required": sorted(METRICS),
+            "required": sorted(set(METRICS) - OPTIONAL),
             "propertyNames": {"enum": sorted(METRICS)},
             "additionalProperties": {
                 **_SUMMARY,
@@ -112,7 +112,7 @@ RESULT_SCHEMA: dict[str, Any] = {
         },
         "ratios": {
             "type": "object",
-            "required": sorted(RATIOS),
+            "required": sorted(set(RATIOS) - OPTIONAL),
             "propertyNames": {"enum": sorted(RATIOS)},
             "additionalProperties": {
                 **_SUMMARY,

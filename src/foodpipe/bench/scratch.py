@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import psycopg2
 from confluent_kafka import KafkaException
@@ -102,6 +102,16 @@ class ScratchDatabases:
             d for d in self._created if d == self.template
         ]:
             self.drop(self.admin_url.set(database=database))
+
+
+def grant(admin_url: URL, privilege: Literal["UPDATE"], role: str | None) -> None:
+    """``GRANT privilege ON orders TO role`` in ``admin_url``'s database (no-op for no role)."""
+    if not role or role == admin_url.username:
+        return
+    with closing(connect(admin_url, autocommit=True)) as conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("GRANT {} ON orders TO {}").format(sql.SQL(privilege), sql.Identifier(role))
+        )
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 
 from foodpipe.bench.ceilings import KafkaTools
 from foodpipe.bench.conditions import collect
+from foodpipe.bench.peer import PeerTools, PeerUnavailable, peer_conditions
 from foodpipe.bench.pipeline import BenchError
 from foodpipe.bench.report import (
     ChartUnavailable,
@@ -128,6 +129,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw the PNG chart (needs matplotlib; default on)",
     )
     parser.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the JDBC-sink peer (Kafka Connect + Debezium JDBC sink) on the same"
+        " orders; its jars are resolved through Maven on first use. If it cannot run, the"
+        " bench says so in one line and goes on (default on)",
+    )
+    parser.add_argument(
         "--check-targets", action="store_true", help="exit 1 when a required target is missed"
     )
     parser.add_argument(
@@ -147,6 +156,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = ensure_stack(settings, args.env_file, log)
     assert settings.database_admin_url is not None  # ensure_stack guarantees it
     tools = find_kafka_tools()
+    peer_tools, peer_note = find_peer(tools, log) if args.peer else (None, "skipped (--no-peer)")
     config = BenchConfig(
         orders=args.orders,
         runs=args.runs,
@@ -167,11 +177,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     log.info("bench started", orders=config.orders, runs=config.runs, scratch=str(work_dir))
     try:
         with scratch_databases(admin_url, app_url) as dbs:
-            bench = Bench(settings, config, tools, dbs, work_dir, log)
+            bench = Bench(settings, config, tools, dbs, work_dir, log, peer_tools, peer_note)
             data = bench.prepare()
             described = {**config.describe(data.mean_value_bytes), "scratch_prefix": dbs.prefix}
             conditions = collect(settings, tools, admin_url, described)
             runs = bench.run()
+            conditions["peer"] = peer_conditions(peer_tools, bench.peer_note)
     except BenchError as exc:
         log.error("bench failed", error=str(exc), logs=str(work_dir))
         args.keep_logs = True
@@ -281,3 +292,30 @@ def find_kafka_tools() -> KafkaTools:
     return KafkaTools(
         libs=libs, log4j_config=REPO / "scripts" / "kafka" / "log4j2.properties", java=java
     )
+
+
+def find_peer(tools: KafkaTools, log: Any) -> tuple[PeerTools | None, str]:
+    """The JDBC-sink peer's tools, or ``None`` and one line (also logged) saying why not.
+
+    ``scripts/local_stack.sh connect-plugin`` resolves the sink's plugin archive through
+    Maven into the stack's cache, next to the Kafka jars (Connect's runtime among them).
+    """
+    try:
+        if not STACK_SCRIPT.is_file():
+            raise PeerUnavailable(f"{STACK_SCRIPT} is missing (not a source checkout)")
+        try:
+            found = _stack_env("connect-plugin")
+        except StackUnavailable as exc:
+            raise PeerUnavailable(str(exc)) from None
+        peer = PeerTools(
+            java=tools.java,
+            libs=Path(found["CONNECT_LIBS"]),
+            plugin_path=Path(found["CONNECT_PLUGIN_PATH"]),
+            log4j_config=tools.log4j_config,
+        )
+        if not any(peer.libs.glob("connect-runtime-*.jar")):
+            raise PeerUnavailable(f"no connect-runtime jar in {peer.libs}")
+    except PeerUnavailable as exc:
+        log.warning(f"JDBC-sink peer not measured: {exc}; the bench goes on")
+        return None, f"could not be had: {exc}"
+    return peer, "measured"
