@@ -261,6 +261,12 @@ share.coordinator.state.topic.min.isr=$isr
 share.coordinator.state.topic.num.partitions=1
 # A test broker: no 3 s wait for more members before the first rebalance.
 group.initial.rebalance.delay.ms=0
+# The consumer group protocol (KIP-848, on by default since Kafka 4.0) takes a group's
+# session timeout and heartbeat from the broker; foodpipe sets them per group from
+# KAFKA_SESSION_TIMEOUT_MS, and these minimums (defaults 45 s and 5 s) let it use the
+# same 6-10 s it uses with the classic protocol.
+group.consumer.min.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=1000
 # The cleaner's dedupe buffer sits on the heap; its 128 MiB default is wasted here.
 log.cleaner.dedupe.buffer.size=2097152
 # The cleaner looks for compactable logs every second instead of every 15 s, so that

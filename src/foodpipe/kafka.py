@@ -15,13 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
+from foodpipe.errors import FatalError
 from foodpipe.settings import Settings
 
 
 class BrokerUnreachable(Exception):
     """No broker answered within the deadline. ``str()`` is one line."""
+
+
+class GroupConfigRefused(FatalError):
+    """The broker refused the group's session timeout (``consumer`` protocol only)."""
 
 
 class BrokerRefused(BrokerUnreachable):
@@ -186,15 +198,12 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     backlog; these values measured ~95 MB with no loss of drain rate, because the loop is
     bound by validation and the database, not by fetching (1 MB is ~2,000 orders).
     """
-    config = {
+    config: dict[str, Any] = {
         **common_config(settings),
-        # cooperative-sticky (below): when a member joins or leaves, only the partitions
-        # that move are revoked; the others keep being consumed during the rebalance.
         "group.id": settings.kafka_consumer_group,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "partition.assignment.strategy": "cooperative-sticky",
         "queued.max.messages.kbytes": 1024,
         "queued.min.messages": 1000,
         "fetch.max.bytes": 1024 * 1024,
@@ -203,16 +212,102 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         # postpones that partition's next fetch by fetch.queue.backoff.ms (default 1 s):
         # a bare drain measured 10k msg/s at the default, 380k at 10 ms, same RSS.
         "fetch.queue.backoff.ms": 10,
-        # A crashed member's partitions wait this long before moving to the others.
-        "session.timeout.ms": settings.kafka_session_timeout_ms,
-        # Three heartbeats per session, so one lost heartbeat never evicts a member.
-        "heartbeat.interval.ms": min(3_000, settings.kafka_session_timeout_ms // 3),
         # The loop polls at least every half second, even while it waits on the
         # database (each database call is bounded to a third of this; see db.py).
         "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
+        **group_protocol_config(settings),
     }
     config.update(overrides)
     return config
+
+
+def group_protocol_config(settings: Settings) -> dict[str, Any]:
+    """How this member joins its group: the protocol, the assignor, static membership.
+
+    - ``classic``: the client side decides. ``cooperative-sticky``: when a member joins
+      or leaves, only the partitions that move are revoked; the others keep being
+      consumed during the rebalance. The session timeout and heartbeat are the client's.
+    - ``consumer`` (KIP-848): the broker assigns and every assignor is sticky and
+      incremental. librdkafka refuses ``session.timeout.ms``, ``heartbeat.interval.ms``
+      and ``partition.assignment.strategy`` in this protocol ("defined broker side"):
+      the group's own ``consumer.session.timeout.ms``/``consumer.heartbeat.interval.ms``
+      govern, which :func:`group_timeouts` gives the same values and the consumer sets
+      on the group at start (:func:`apply_group_timeouts`).
+    - ``group.instance.id`` (static membership, either protocol): the caller passes the
+      id it claimed (:mod:`foodpipe.membership`), since ``auto`` resolves per process.
+    """
+    if settings.kafka_group_protocol == "consumer":
+        config: dict[str, Any] = {"group.protocol": "consumer"}
+        if settings.kafka_group_remote_assignor:
+            config["group.remote.assignor"] = settings.kafka_group_remote_assignor
+        return config
+    session_ms, heartbeat_ms = group_timeouts(settings)
+    return {
+        "group.protocol": "classic",
+        "partition.assignment.strategy": "cooperative-sticky",
+        # A crashed member's partitions wait this long before moving to the others.
+        "session.timeout.ms": session_ms,
+        "heartbeat.interval.ms": heartbeat_ms,
+    }
+
+
+def group_timeouts(settings: Settings) -> tuple[int, int]:
+    """(session timeout, heartbeat interval) in ms, the same in both protocols.
+
+    Three heartbeats per session, so one lost heartbeat never evicts a member.
+    """
+    session_ms = settings.kafka_session_timeout_ms
+    return session_ms, min(3_000, session_ms // 3)
+
+
+def group_config_resource(settings: Settings) -> ConfigResource:
+    """The group's own session timeout and heartbeat, for the ``consumer`` protocol.
+
+    The broker accepts values between its ``group.consumer.min/max.session.timeout.ms``
+    (and ``...heartbeat.interval.ms``) bounds; its defaults (45 s and 5 s minimum) would
+    refuse Compose's 10 s, so the stacks foodpipe ships lower the minimums.
+    """
+    session_ms, heartbeat_ms = group_timeouts(settings)
+    return ConfigResource(
+        ResourceType.GROUP,
+        settings.kafka_consumer_group,
+        incremental_configs=[
+            ConfigEntry(
+                "consumer.session.timeout.ms",
+                str(session_ms),
+                incremental_operation=AlterConfigOpType.SET,
+            ),
+            ConfigEntry(
+                "consumer.heartbeat.interval.ms",
+                str(heartbeat_ms),
+                incremental_operation=AlterConfigOpType.SET,
+            ),
+        ],
+    )
+
+
+def apply_group_timeouts(admin: AdminClient, settings: Settings, timeout_s: float) -> None:
+    """Set the group's session timeout and heartbeat on the broker (``consumer`` only).
+
+    Idempotent: every member sets the same values. Raises :class:`GroupConfigRefused`
+    with one line when the broker says no (bounds, or no ALTER_CONFIGS on the group).
+    """
+    if settings.kafka_group_protocol != "consumer":
+        return
+    resource = group_config_resource(settings)
+    future = admin.incremental_alter_configs([resource])[resource]
+    try:
+        future.result(timeout=timeout_s)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        detail = error.str() if isinstance(error, KafkaError) else str(error)
+        raise GroupConfigRefused(
+            f"the broker refused KAFKA_SESSION_TIMEOUT_MS={settings.kafka_session_timeout_ms}"
+            f" for group {settings.kafka_consumer_group} ({detail}); with"
+            " KAFKA_GROUP_PROTOCOL=consumer the broker's group.consumer.min.session.timeout.ms"
+            " and group.consumer.min.heartbeat.interval.ms must allow it: lower them on the"
+            " broker, or raise KAFKA_SESSION_TIMEOUT_MS"
+        ) from None
 
 
 def admin_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

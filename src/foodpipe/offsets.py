@@ -55,7 +55,13 @@ class Member:
 
     @property
     def short(self) -> str:
-        """``client@host#abcd1234``: enough to tell two members on one host apart."""
+        """``client@host#abcd1234``: enough to tell two members on one host apart.
+
+        A static member is named by its ``group.instance.id`` instead, which outlives
+        its restarts (the member id is new at every join).
+        """
+        if self.instance_id:
+            return f"{self.client_id}@{self.host.lstrip('/')}#{self.instance_id}"
         suffix = self.member_id.rsplit("-", 5)
         tag = suffix[1] if len(suffix) > 1 else self.member_id
         return f"{self.client_id}@{self.host.lstrip('/')}#{tag[:8]}"
@@ -74,6 +80,8 @@ class GroupState:
     group: str
     state: str
     members: tuple[Member, ...] = ()
+    #: The group protocol: "classic" or "consumer" (KIP-848); "" when unknown (no group).
+    protocol: str = ""
 
     def owner_of(self, topic: str, partition: int) -> Member | None:
         for member in self.members:
@@ -223,7 +231,9 @@ class KafkaView:
             for m in description.members
         )
         state = getattr(description.state, "name", str(description.state))
-        return GroupState(group, state, members)
+        kind = getattr(description, "type", None)
+        protocol = {"CLASSIC": "classic", "CONSUMER": "consumer"}.get(getattr(kind, "name", ""), "")
+        return GroupState(group, state, members, protocol)
 
     def topic_state(self, topic: str, group: str) -> TopicState:
         """Offsets, lag and owner of every partition of ``topic`` for ``group``.

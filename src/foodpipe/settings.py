@@ -178,6 +178,25 @@ class Settings(BaseSettings):
         description="Consumer: longest gap between polls before the group removes the"
         " member (max.poll.interval.ms); the database timeouts stay well below it",
     )
+    kafka_group_protocol: Literal["classic", "consumer"] = Field(
+        "classic",
+        description="Consumer: the group protocol. classic (JoinGroup/SyncGroup, the"
+        " cooperative-sticky assignor in the client) or consumer (KIP-848: the broker"
+        " assigns, members reconcile through heartbeats; Kafka 4.0+)",
+    )
+    kafka_group_remote_assignor: Literal["uniform", "range"] | None = Field(
+        None,
+        description="Consumer, with KAFKA_GROUP_PROTOCOL=consumer only: the broker-side"
+        " assignor (group.remote.assignor), uniform or range, both sticky; unset: the"
+        " broker's default (uniform)",
+    )
+    kafka_group_instance_id: str | None = Field(
+        None,
+        description="Consumer: static membership (group.instance.id). Unset or empty:"
+        " dynamic membership; auto: <hostname>-<n>, n the lowest slot no other consumer"
+        " of the group on this host holds; any other value is used as it is and must be"
+        " unique per replica",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port for /healthz, /readyz, /metrics; 0 turns them off"
     )
@@ -207,6 +226,21 @@ class Settings(BaseSettings):
             raise ValueError("expected 1-249 characters of letters, digits, '.', '_' or '-'")
         return value
 
+    @field_validator("kafka_group_instance_id")
+    @classmethod
+    def _check_instance_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        # Kafka takes any string up to 249 characters; the name rules keep it readable in
+        # `foodpipe status` and Kafka's tools, and "auto" leaves room for "-<slot>".
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", value):
+            raise ValueError(
+                "expected auto, or 1-200 letters, digits, '.', '_' or '-' unique per replica;"
+                " leave it empty for dynamic membership"
+            )
+        return value
+
     # The admin URL is held to the same rules: a typo should fail at start, not mid-bench.
     @field_validator("database_url", "database_admin_url")
     @classmethod
@@ -231,6 +265,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "kafka_sasl_username",
+        "kafka_group_instance_id",
+        "kafka_group_remote_assignor",
         "kafka_ssl_ca_location",
         "kafka_ssl_certificate_location",
         "kafka_ssl_key_location",
@@ -333,6 +369,13 @@ class Settings(BaseSettings):
         # librdkafka refuses this combination when the consumer is created; say it at start.
         if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms:
             raise ValueError("KAFKA_MAX_POLL_INTERVAL_MS must be at least KAFKA_SESSION_TIMEOUT_MS")
+        # librdkafka would ignore it without a word: the classic protocol assigns in the
+        # client (cooperative-sticky), never on the broker.
+        if self.kafka_group_remote_assignor and self.kafka_group_protocol == "classic":
+            raise ValueError(
+                f"KAFKA_GROUP_REMOTE_ASSIGNOR={self.kafka_group_remote_assignor} needs"
+                " KAFKA_GROUP_PROTOCOL=consumer; set that too, or unset the assignor"
+            )
         return self
 
     def check_database_password(self) -> None:

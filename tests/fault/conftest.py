@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from foodpipe.settings import Settings
 from tests.conftest import Pipeline, Stack
 from tests.fault.harness import CaseResult, Fault
 from tests.support import REPO
@@ -101,18 +103,40 @@ def controlled_stack(stack: Stack) -> Stack:
     return stack
 
 
+#: Every case runs in the product's default group protocol; the cases about consumers,
+#: rebalances and brokers (1-8) run once more in the other one, so a switch of
+#: KAFKA_GROUP_PROTOCOL is covered too. ``-k "consumer]"`` (or ``classic]``) picks a pass.
+DEFAULT_PROTOCOL: str = Settings.model_fields["kafka_group_protocol"].default
+OTHER_PROTOCOL = "classic" if DEFAULT_PROTOCOL == "consumer" else "consumer"
+BOTH_PROTOCOLS = re.compile(r"test_case0[1-8]_")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "group_protocol" in metafunc.fixturenames and BOTH_PROTOCOLS.match(metafunc.definition.name):
+        metafunc.parametrize("group_protocol", [DEFAULT_PROTOCOL, OTHER_PROTOCOL], indirect=True)
+
+
+@pytest.fixture
+def group_protocol(request: pytest.FixtureRequest) -> str:
+    """KAFKA_GROUP_PROTOCOL of the case's consumers (see pytest_generate_tests)."""
+    return str(getattr(request, "param", DEFAULT_PROTOCOL))
+
+
 @pytest.fixture
 def fault(
     controlled_stack: Stack,
     make_pipeline: Callable[..., Pipeline],
     log_dir: Path,
     request: pytest.FixtureRequest,
+    group_protocol: str,
 ) -> Iterator[Callable[..., Fault]]:
     """Factory: ``fault(case, title, pipeline=None, **Fault options)`` -> :class:`Fault`."""
     made: list[Fault] = []
 
     def make(case: str, title: str, pipeline: Pipeline | None = None, **options: object) -> Fault:
         pipe = pipeline if pipeline is not None else make_pipeline()
+        if group_protocol != DEFAULT_PROTOCOL:
+            case = f"{case}/{group_protocol}"  # the report tells the two passes apart
         case_obj = Fault(
             case=case,
             title=title,
@@ -120,6 +144,7 @@ def fault(
             stack=controlled_stack,
             log_dir=log_dir,
             results=RESULTS,
+            group_protocol=group_protocol,
             **options,  # type: ignore[arg-type]
         )
         made.append(case_obj)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from foodpipe.cli import COMMANDS, build_parser
-from foodpipe.kafka import topic_specs
+from foodpipe.kafka import group_timeouts, topic_specs
 from foodpipe.settings import PLACEHOLDER_PASSWORDS, ConfigError, Settings, load_settings
 
 from ..compose_support import (
@@ -701,3 +701,39 @@ def test_the_producer_exports_the_lag_of_the_consumers_group(name: str) -> None:
         service_env(found["producer"])["KAFKA_CONSUMER_GROUP"]
         == service_env(found["consumer"])["KAFKA_CONSUMER_GROUP"]
     )
+
+
+# ---------------------------------------------------------------- group protocol
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_consumer_gets_the_group_protocol_and_static_membership_settings(name: str) -> None:
+    env = service_env(services(name)["consumer"])
+    default = Settings.model_fields["kafka_group_protocol"].default
+    # The product's default, so Compose and a bare `foodpipe consume` behave alike.
+    assert env["KAFKA_GROUP_PROTOCOL"] == default
+    raw = service_env(load_compose(name)["services"]["consumer"])
+    assert raw["KAFKA_GROUP_PROTOCOL"] == f"${{KAFKA_GROUP_PROTOCOL:-{default}}}"
+    # Never a fixed id: every --scale replica would share it and they would fence each
+    # other. Empty (dynamic) or auto (derived from each container's own host name).
+    assert raw["KAFKA_GROUP_INSTANCE_ID"] in (
+        "${KAFKA_GROUP_INSTANCE_ID:-}",
+        "${KAFKA_GROUP_INSTANCE_ID:-auto}",
+    )
+    assert raw["KAFKA_GROUP_REMOTE_ASSIGNOR"] == "${KAFKA_GROUP_REMOTE_ASSIGNOR:-}"
+    # The consumer has no fixed host name: Compose gives each replica its container id.
+    assert "hostname" not in services(name)["consumer"]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_kafka_accepts_the_consumers_session_timeout_in_the_consumer_protocol(name: str) -> None:
+    """With group.protocol=consumer the broker bounds the group's session and heartbeat."""
+    kafka = service_env(services(name)["kafka"])
+    consumer = service_env(services(name)["consumer"])
+    session_ms, heartbeat_ms = group_timeouts(
+        load_settings(_env_file=None, kafka_session_timeout_ms=consumer["KAFKA_SESSION_TIMEOUT_MS"])
+    )
+    assert int(kafka["KAFKA_GROUP_CONSUMER_MIN_SESSION_TIMEOUT_MS"]) <= session_ms
+    assert int(kafka["KAFKA_GROUP_CONSUMER_MIN_HEARTBEAT_INTERVAL_MS"]) <= heartbeat_ms
+    # Kafka 4.x serves both protocols by default; nothing may turn the new one off.
+    assert "KAFKA_GROUP_COORDINATOR_REBALANCE_PROTOCOLS" not in kafka

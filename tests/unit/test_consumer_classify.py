@@ -129,6 +129,11 @@ def test_database_errors(error: Exception, expected: FailureClass) -> None:
         (KafkaError.TOPIC_AUTHORIZATION_FAILED, FATAL),
         (KafkaError.GROUP_AUTHORIZATION_FAILED, FATAL),
         (KafkaError.SASL_AUTHENTICATION_FAILED, FATAL),
+        # librdkafka's fatal error as a message error (fatal() is False there), and the
+        # static-membership refusals behind it: the client is dead, a restart rejoins.
+        (KafkaError._FATAL, FATAL),
+        (KafkaError.UNRELEASED_INSTANCE_ID, FATAL),
+        (KafkaError.FENCED_INSTANCE_ID, FATAL),
     ],
 )
 def test_kafka_errors(code: int, expected: FailureClass) -> None:

@@ -265,6 +265,7 @@ def to_dict(snapshot: Snapshot, previous: Snapshot | None = None) -> dict[str, A
         document["group"] = {
             "id": topic.group.group,
             "state": topic.group.state,
+            "protocol": topic.group.protocol or None,
             "members": [
                 {
                     **member.to_dict(),

@@ -22,8 +22,15 @@ from foodpipe.consumer.service import ConsumerService, LoopConfig
 from foodpipe.consumer.stats import ConsumerStats
 from foodpipe.db import OrderWriter, consumer_session, make_engine, wait_for_database
 from foodpipe.errors import FatalError
-from foodpipe.kafka import admin_config, consumer_config, producer_config, wait_for_broker
+from foodpipe.kafka import (
+    admin_config,
+    apply_group_timeouts,
+    consumer_config,
+    producer_config,
+    wait_for_broker,
+)
 from foodpipe.log import get_logger
+from foodpipe.membership import claim_instance_id
 from foodpipe.observability import ConsumerMetrics, ConsumerReadiness, serve
 from foodpipe.offsets import KafkaView
 from foodpipe.settings import Settings
@@ -107,6 +114,27 @@ class ConsumerApp:
         wait_for_broker(admin, settings, self.wait_s)
         self._view = KafkaView(admin, timeout_s=2.0)
         wait_for_topics(admin, [settings.kafka_topic, settings.kafka_dlq_topic], self.wait_s)
+        # Before joining: in the consumer protocol the group's session timeout is a
+        # broker-side setting, and a member joining first would get the broker's default.
+        apply_group_timeouts(admin, settings, self.wait_s)
+        instance = claim_instance_id(settings)
+        try:
+            return self._run_member(instance.value, on_ready)
+        finally:
+            instance.release()
+
+    def _run_member(
+        self, instance_id: str | None, on_ready: Callable[[ConsumerService], None] | None
+    ) -> int:
+        settings = self.settings
+        self._log.info(
+            "joining the group",
+            group=settings.kafka_consumer_group,
+            group_protocol=settings.kafka_group_protocol,
+            group_instance_id=instance_id or "(dynamic membership)",
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+        )
+        static = {"group.instance.id": instance_id} if instance_id else {}
         engine = make_engine(
             settings, session=consumer_session(settings.kafka_max_poll_interval_ms)
         )
@@ -118,6 +146,7 @@ class ConsumerApp:
                 consumer_config(
                     settings,
                     **{"client.id": "foodpipe-consumer", "on_commit": self._on_commit},
+                    **static,
                 )
             )
             dlq = DeadLetterQueue(producer, settings.kafka_dlq_topic, settings.kafka_consumer_group)

@@ -101,6 +101,15 @@ _FATAL_KAFKA_CODES = frozenset(
         KafkaError._AUTHENTICATION,
         KafkaError._INVALID_ARG,
         KafkaError._FENCED,
+        # A fatal librdkafka error reaches the consumer as a message error with code
+        # _FATAL, whose fatal() is False: the client is dead, and waiting would idle for
+        # ever. Static membership meets it: in the consumer protocol a member restarted
+        # within the session of its crashed predecessor gets UNRELEASED_INSTANCE_ID
+        # (fatal in librdkafka); the restart policy starts it again until the old
+        # session has expired. The classic protocol fences the older member instead.
+        KafkaError._FATAL,
+        KafkaError.UNRELEASED_INSTANCE_ID,
+        KafkaError.FENCED_INSTANCE_ID,
     }
 )
 
