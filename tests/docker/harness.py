@@ -393,6 +393,15 @@ def memory_reading(cid: str) -> dict[str, int] | None:
         # can drop at once (inactive files). Kafka's log segments sit in the cache.
         "working_set": usage - stat.get("total_inactive_file", 0),
         "rss": stat.get("total_rss", 0) + stat.get("total_mapped_file", 0),
+        # The same usage broken down, so a drift can be told apart: anonymous memory
+        # (heaps, stacks: a leak or a heap being committed shows here), shared memory
+        # (PostgreSQL's shared_buffers as pages are first touched; cgroup v1 counts it
+        # in the cache) and the page cache of files (data read or written, which the
+        # kernel can drop).
+        "anon": stat.get("total_rss", 0),
+        "shmem": stat.get("total_shmem", 0),
+        "file_cache": stat.get("total_cache", 0) - stat.get("total_shmem", 0),
+        "active_file": stat.get("total_active_file", 0),
         "cpu_ns": cpu_ns,
     }
 

@@ -124,6 +124,53 @@ def test_case02_sigkill_mid_batch_before_db_commit_loses_nothing(
     f.finish()
 
 
+#: Logged by the loop when batch n+1 is validated and still waits for batch n's write.
+SLOW_WRITE = "the database write is slow; the next batch is validated and waits for it"
+
+
+@pytest.mark.timeout(240)
+def test_case02b_sigkill_with_two_batches_in_flight_loses_nothing_commits_nothing_unwritten(
+    fault: Callable[..., Fault], soak: bool
+) -> None:
+    f = fault("2b", "SIGKILL with two batches in flight")
+    kills = 4 if soak else 2
+    f.produce(None, rate=1500 if soak else 450, seed=112)  # until the last kill is done
+    admin = create_engine(f.pipeline.db_admin_url)
+    try:
+        consumer = f.consume()
+        for _ in range(kills):
+            f.wait_assigned(consumer)
+            f.wait_rows(f.rows() + 1)  # it is writing
+            with admin.connect() as conn, conn.begin():
+                conn.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+
+                # Batch n's INSERT waits on the lock inside its open transaction (on the
+                # writer thread) while the loop gathers and validates batch n+1, then says
+                # that n+1 waits for n: both are in flight, neither is committed.
+                def both_in_flight(victim: Service = consumer) -> bool:
+                    return bool(victim.events(SLOW_WRITE)) and bool(
+                        blocked_insert_pids(f.pipeline.admin_engine)
+                    )
+
+                wait_until(
+                    both_in_flight,
+                    timeout=30,
+                    interval=0.02,
+                    message=lambda victim=consumer: f"two batches in flight:\n{victim.tail()}",
+                )
+                assert consumer.kill() == -signal.SIGKILL
+            # Lock released. The next member reads both batches again from the committed
+            # offset: nothing of either was committed, so nothing is lost.
+            consumer = f.consume()
+            f.cleared()
+            f.wait_recovered(timeout=60)
+    finally:
+        admin.dispose()
+    f.stop_producers()
+    f.notes.append(f"{kills} kills with batch n blocked in its transaction and n+1 validated")
+    f.finish()
+
+
 @pytest.mark.timeout(180)
 def test_case03_sigterm_finishes_the_batch_commits_and_exits_0_within_seconds(
     fault: Callable[..., Fault], soak: bool

@@ -21,9 +21,10 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from tests.fault.harness import Fault, Sampler, Service, group_members
+from tests.fault.test_consumer_crashes import SLOW_WRITE, blocked_insert_pids
 from tests.support import wait_until
 
 pytestmark = pytest.mark.fault
@@ -207,3 +208,47 @@ def test_case05_processing_slower_than_max_poll_interval_keeps_the_membership(
     log = consumer.log_path.read_text()
     assert "MAX_POLL_EXCEEDED" not in log
     assert "maximum poll interval" not in log.lower()
+
+
+@pytest.mark.timeout(240)
+def test_case04b_revoke_with_two_batches_in_flight_loses_nothing_commits_nothing_unwritten(
+    fault: Callable[..., Fault],
+) -> None:
+    f = fault("4b", "revoke with two batches in flight")
+    f.produce(None, rate=450, seed=114)  # until the revocation is done
+    admin = create_engine(f.pipeline.db_admin_url)
+    try:
+        first = f.consume()
+        f.wait_assigned(first)
+        f.wait_rows(f.rows() + 1)
+        with admin.connect() as conn, conn.begin():
+            # SHARE blocks INSERTs but not reads: the new member's start-up check (a SELECT
+            # on orders) must pass, or it never joins the group.
+            conn.execute(text("LOCK TABLE orders IN SHARE MODE"))
+            # Batch n blocked in its transaction, batch n+1 validated and waiting.
+            wait_until(
+                lambda: first.events(SLOW_WRITE) and blocked_insert_pids(f.pipeline.admin_engine),
+                timeout=30,
+                interval=0.02,
+                message=lambda: f"two batches in flight, the first blocked:\n{first.tail()}",
+            )
+            # A new member: the group takes partitions from the first one, whose revoke
+            # callback runs while both batches are in flight (its write fails on the lock
+            # timeout and the retry wait polls, which serves the callback).
+            second = f.consume()
+            wait_until(
+                lambda: first.events_starting("partitions revoked"),
+                timeout=60,
+                interval=0.05,
+                message=lambda: f"the first member to give up partitions:\n{first.tail()}",
+            )
+        # Lock released: the first member writes what is left of its batches, the new one
+        # reads the revoked partitions again from their committed offsets.
+        f.cleared()
+        f.wait_recovered(timeout=90)
+    finally:
+        admin.dispose()
+    f.stop_producers()
+    f.notes.append("a revocation with batch n blocked in its transaction and n+1 validated")
+    f.finish()
+    assert_one_owner_at_a_time([first, second])

@@ -7,6 +7,7 @@ effects: the database write, then the DLQ confirmation, then the offset commit.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,7 @@ class FakeConsumer:
     coordinator_silent: bool = False
     callbacks: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    prefetched: list[Msg] = field(default_factory=list)
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.callbacks = callbacks
@@ -114,8 +116,10 @@ class FakeConsumer:
         self.serve_reports()
         if timeout == 0:
             # The loop first takes what is already prefetched, without waiting; the
-            # scripted steps model what arrives while it waits, so nothing is here yet.
-            return []
+            # scripted steps model what arrives while it waits. Only the overlap tests
+            # prefetch (from the writer thread, once a write has started).
+            taken, self.prefetched[:num_messages] = self.prefetched[:num_messages], []
+            return taken
         self.clock.now += timeout
         if not self.steps:
             assert self.service is not None
@@ -566,6 +570,174 @@ def test_one_commit_in_flight_at_a_time_the_next_carries_the_latest_offsets(
         ["ORD-20250110-00002"],
         ["ORD-20250110-00003"],
     ]
+
+
+# ------------------------------------------------------------------- two batches in flight
+
+
+@dataclass
+class HeldWrite:
+    """Holds the first write on the writer thread until the test releases it.
+
+    While it is held, the next batch is already prefetched, so the loop gathers and
+    validates it: two batches in flight, one being written, one waiting for it.
+    """
+
+    h: Harness
+    next_batch: list[Msg]
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    calls: int = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.h.consumer.prefetched.extend(self.next_batch)
+            self.started.set()
+            assert self.release.wait(10), "the test never released the held write"
+
+    def both_in_flight(self) -> None:
+        """Called inside the loop's consume(): batch 2 gathered while batch 1 is written."""
+        assert self.started.wait(10), "the first write never started"
+        assert not self.h.of("write"), "the first write finished before batch 2 was gathered"
+        assert not self.h.of("commit")
+        assert [m.offset() for m in self.h.service._incoming] == [
+            m.offset() for m in self.next_batch
+        ]
+
+
+def test_the_next_batch_is_gathered_while_the_previous_is_written_offsets_in_order(
+    h: Harness,
+) -> None:
+    held = HeldWrite(h, [msg(0, 2, valid_order(2)), msg(1, 7, valid_order(3))])
+    h.writer.on_write = held
+
+    def check_then_release() -> list[Msg]:
+        held.both_in_flight()
+        held.release.set()
+        return []
+
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], check_then_release]
+    h.run()
+    assert [e for e in h.events if e[0] in ("write", "commit")] == [
+        ("write", ["ORD-20250110-00001"]),
+        ("commit", {(0, 2)}),  # batch 1's offsets, after its write, before batch 2's write
+        ("write", ["ORD-20250110-00002", "ORD-20250110-00003"]),
+        ("commit", {(0, 3), (1, 8)}),
+    ]
+
+
+def test_revoke_with_two_batches_in_flight_commits_the_written_drops_the_rest(
+    h: Harness,
+) -> None:
+    held = HeldWrite(h, [msg(0, 2, valid_order(2)), msg(1, 7, valid_order(3))])
+    h.writer.on_write = held
+
+    def revoke_partition_0() -> list[Msg]:
+        held.both_in_flight()
+        held.release.set()
+        # The callback waits for batch 1 (partition 0 is in it) and commits it while the
+        # partition is still ours; batch 2's message of partition 0 is dropped, unwritten.
+        h.consumer.revoke([(TOPIC, 0)])
+        return []
+
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], revoke_partition_0]
+    h.run()
+    assert [e for e in h.events if e[0] in ("write", "commit")] == [
+        ("write", ["ORD-20250110-00001"]),
+        ("commit", {(0, 2)}),
+        ("write", ["ORD-20250110-00003"]),
+        ("commit", {(1, 8)}),
+    ]
+    assert "ORD-20250110-00002" not in h.writer.stored
+    assert h.service.stats.dropped_on_revoke == 1
+
+
+def test_lost_with_two_batches_in_flight_commits_nothing_for_the_lost_partition(
+    h: Harness,
+) -> None:
+    held = HeldWrite(h, [msg(0, 2, valid_order(2)), msg(1, 7, valid_order(3))])
+    h.writer.on_write = held
+
+    def lose_partition_0() -> list[Msg]:
+        held.both_in_flight()
+        # Lost while batch 1 is still being written: no waiting (the partition is someone
+        # else's already), and nothing of it may be committed, even once it is written.
+        h.consumer.revoke([(TOPIC, 0)], lost=True)
+        held.release.set()
+        return []
+
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], lose_partition_0]
+    h.run()
+    assert [e for e in h.events if e[0] in ("write", "commit")] == [
+        ("write", ["ORD-20250110-00001"]),  # written anyway: harmless, the insert is idempotent
+        ("write", ["ORD-20250110-00003"]),
+        ("commit", {(1, 8)}),
+    ]
+    assert h.service.stats.dropped_on_revoke == 2
+
+
+def test_stop_with_two_batches_in_flight_writes_and_commits_both_in_order(h: Harness) -> None:
+    held = HeldWrite(h, [msg(0, 2, valid_order(2))])
+    h.writer.on_write = held
+
+    def stop() -> list[Msg]:
+        held.both_in_flight()
+        h.service.request_stop()
+        held.release.set()
+        return []
+
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], stop]
+    h.run()
+    assert [e for e in h.events if e[0] in ("write", "commit")] == [
+        ("write", ["ORD-20250110-00001"]),
+        ("commit", {(0, 2)}),
+        ("write", ["ORD-20250110-00002"]),
+        ("commit", {(0, 3)}),
+    ]
+
+
+def test_a_failed_write_on_the_writer_thread_is_retried_before_the_next_batch(
+    h: Harness,
+) -> None:
+    held = HeldWrite(h, [msg(0, 2, valid_order(2))])
+    h.writer.on_write = held
+    h.writer.failures = [transient()]
+
+    def release() -> list[Msg]:
+        assert held.started.wait(10), "the first write never started"
+        held.release.set()  # the first attempt now fails, on the writer thread
+        return []
+
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], release]
+    h.run()
+    assert [e for e in h.events if e[0] in ("write failed", "write", "commit")] == [
+        ("write failed", ["ORD-20250110-00001"]),
+        ("write", ["ORD-20250110-00001"]),  # the same batch again, before batch 2
+        ("commit", {(0, 2)}),
+        ("write", ["ORD-20250110-00002"]),
+        ("commit", {(0, 3)}),
+    ]
+    assert h.service.stats.db_retries == 1
+
+
+def test_stop_while_retrying_abandons_both_batches_and_commits_neither(h: Harness) -> None:
+    held = HeldWrite(h, [msg(0, 2, valid_order(2))])
+    h.writer.on_write = held
+    h.writer.failures = [transient()]
+
+    def release() -> list[Msg]:
+        assert held.started.wait(10), "the first write never started"
+        held.release.set()  # the first attempt fails; the stop comes during the retry wait
+        return []
+
+    h.consumer.steps = [[msg(0, 1, valid_order(1))], release]
+    h.consumer.poll_steps = [h.service.request_stop]  # the stop comes during the retry wait
+    h.run()
+    # Batch 2 came after the unwritten batch 1: committing it would skip batch 1.
+    assert h.of("write") == []
+    assert h.of("commit") == []
+    assert h.service.stats.abandoned == 2
 
 
 def test_a_commit_never_answered_is_sent_again_after_a_while(h: Harness) -> None:

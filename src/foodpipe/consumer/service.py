@@ -2,16 +2,19 @@
 
 The delivery contract
 =====================
-One iteration handles one batch, in this order, and never commits an offset whose
-message is not safely somewhere (a row in PostgreSQL or a record in the DLQ):
+Each batch goes through these steps, in this order, and no offset is committed whose
+message is not safely somewhere (a row in PostgreSQL or a record in the DLQ). Steps 3
+and the database commit of step 5 run on a writer thread, overlapped with steps 1-2 of
+the next batch (see "Two batches in flight" below):
 
 1. **Poll a batch**: up to ``BATCH_SIZE`` messages, 8 MiB of keys and values, or
    ``BATCH_TIMEOUT_MS``, whichever comes first (``consume()`` without waiting for what
    is prefetched, then waiting for one message at a time, in slices of at most half a
    second so a stop request is noticed promptly). When nothing more is prefetched and
    none arrives within ``BATCH_LINGER_MS`` (5 ms), the batch is written as it is: a
-   light load gets low latency, a backlog still gets full batches. One batch is in
-   memory at a time.
+   light load gets low latency, a backlog still gets full batches. With a batch being
+   written and nothing prefetched, the loop waits for that write (not for Kafka) and
+   commits it at once.
 2. **Decode and validate** each message with the shared ``Order`` model and its business
    rules (:func:`~foodpipe.consumer.decode.decode`). A message that is not a valid order
    becomes a :class:`~foodpipe.errors.PoisonMessage` with a named error class.
@@ -35,6 +38,21 @@ message is not safely somewhere (a row in PostgreSQL or a record in the DLQ):
    the lost partitions while the loop waited for the commit, for ever. Only the last
    commit, at shutdown, is synchronous.
 
+Two batches in flight
+---------------------
+While the writer thread writes batch n (psycopg2 releases the GIL while PostgreSQL
+works), the loop polls and validates batch n+1. The hand-off has depth one: batch n+1
+is handed over only after batch n's outcome is folded in on the loop's thread (rows
+settled, poison dead-lettered and confirmed, offsets recorded and committed). Hence:
+
+- offsets are committed in order per partition, and only after their batch's DB commit;
+- at most two batches are in memory (8 MiB each at most);
+- Kafka and the DLQ producer are only touched by the loop's thread; the writer thread
+  only runs :meth:`~foodpipe.db.OrderWriter.write`, and its exception is re-raised on
+  the loop's thread, where it is classified exactly as before (the retries then run on
+  the loop's thread, which keeps polling between them);
+- a crash with both in flight commits neither; a stop finishes both, in order.
+
 Failures (the decision table is :mod:`foodpipe.consumer.classify`):
 
 - *poison*: steps 2-4; the offset moves past it.
@@ -53,24 +71,33 @@ and partitions that stay are never taken away and given back; the callbacks do n
 ``incremental_assign``/``incremental_unassign`` themselves: confluent-kafka does that
 right after each callback returns, with the committed offsets as start positions):
 
-- The loop is single-threaded, so rebalance callbacks run *inside* ``consume()`` or
-  ``poll()``. Between batches nothing is in flight. The only place a batch is in flight
-  while polling is the transient-retry wait, and that batch is unwritten by definition.
-- ``on_revoke``: the in-flight messages of the revoked partitions are dropped (never
-  written, never committed: the new owner reads them again from the committed offset,
-  and the idempotent insert makes any overlap harmless); offsets already written but not
-  yet committed (a commit that failed) are committed now, while we still own them.
+- Rebalance callbacks run on the loop's thread, *inside* ``consume()`` or ``poll()``:
+  while batch n+1 is gathered, batch n may be on the writer thread; during the
+  transient-retry wait, the batch being retried is unwritten by definition.
+- ``on_revoke``: first wait for the batch on the writer thread and, if it was written,
+  fold it in (dead letters, offsets) so that it is committed below while the partitions
+  are still ours; if it failed, the loop retries what is left of it. Then the unwritten
+  messages of the revoked partitions are dropped (never written, never committed: the
+  new owner reads them again from the committed offset, and the idempotent insert makes
+  any overlap harmless); offsets written but not yet committed are committed now.
 - ``on_lost``: the partitions already belong to someone else, so a commit would be
-  refused or, worse, move a stranger's offset: drop their in-flight messages and
+  refused or, worse, move a stranger's offset: drop their in-flight messages (also from
+  the batch on the writer thread, which may still insert their rows harmlessly) and
   pending offsets, commit nothing.
 - ``on_assign``: log what this member owns now (INFO); if we are waiting on the
   database, the new partitions are paused too before any of their messages is used.
 - As a last guard, messages of a partition we no longer own are filtered out of every
   batch.
 
-Shutdown: ``request_stop()`` (SIGTERM/SIGINT) lets the current batch finish (written and
-committed) or, if it is waiting on the database, abandons it uncommitted; then the
-consumer is closed, which leaves the group at once instead of after the session timeout.
+Shutdown: ``request_stop()`` (SIGTERM/SIGINT) lets the batches in hand finish (written
+and committed, in order) or, if one is waiting on the database, abandons it uncommitted;
+then the consumer is closed, which leaves the group at once instead of after the session
+timeout. Leaving on an error, the batch on the writer thread is waited for but neither
+dead-lettered nor committed.
+
+Durability is not traded for speed: no ``synchronous_commit=off``, no unlogged table, no
+offset commit before the database's COMMIT has returned (docs/KeyPoints/consumer.md says
+why each is refused).
 """
 
 from __future__ import annotations
@@ -79,7 +106,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, overload
 
@@ -177,6 +206,8 @@ class LoopConfig:
     #: container limit (OOM, restart, the same batch again: a crash loop). Same size as
     #: the prefetch queue (``queued.max.messages.kbytes``).
     batch_max_bytes: int = 8 * 1024 * 1024
+    #: A write still running this long after the next batch is ready is logged (throttled).
+    slow_write_s: float = 1.0
     #: Longest single ``consume()``/``poll()`` call, so a stop request is seen promptly.
     poll_slice_s: float = 0.5
     summary_interval_s: float = 5.0
@@ -204,6 +235,20 @@ class Entry:
     @property
     def partition_key(self) -> PartitionKey:
         return _msg_key(self.message)
+
+
+@dataclass
+class _Write:
+    """The batch whose database write runs on the writer thread (at most one)."""
+
+    #: The batch; rebalance callbacks remove entries of partitions we lose (in place).
+    entries: list[Entry]
+    #: The entries handed to the writer, in the order of ``WriteResult``'s indexes.
+    valid: list[Entry]
+    future: Future[WriteResult]
+    started: float
+    #: Set once the outcome is folded in (by the loop or by a revoke callback).
+    settled: bool = field(default=False)
 
 
 #: librdkafka answers every commit, at the latest with a timeout error after
@@ -257,8 +302,12 @@ class ConsumerService:
         self._log = get_logger("consumer", topic=topic)
         #: Partitions this member owns, as told by the rebalance callbacks.
         self._assigned: set[PartitionKey] = set()
-        #: The batch being written; only non-empty inside :meth:`_process`.
-        self._inflight: list[Entry] = []
+        #: The batch whose write runs on the writer thread, until its outcome is folded in.
+        self._write: _Write | None = None
+        #: One thread, so batches are written one at a time and in order; the loop hands
+        #: it batch n and validates batch n+1 meanwhile (psycopg2 releases the GIL while
+        #: it waits on the server).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foodpipe-writer")
         #: Messages received but not yet decoded: the batch being gathered, or messages
         #: that arrived while we were paused (processed first next time).
         self._incoming: list[KafkaMessage] = []
@@ -309,10 +358,15 @@ class ConsumerService:
                 messages = self._poll_batch()
                 if messages:
                     self._process(messages)
-                # Not held while the next batch is gathered: one batch in memory at a time.
+                else:
+                    self._finish_write()
+                # Not held while the next batch is gathered: at most two batches in memory
+                # (one being written, one being gathered and validated).
                 del messages
                 self._maybe_log_summary()
                 self._check_membership()
+            # Stopping: the batch being written finishes (written, then committed).
+            self._finish_write()
         finally:
             self._shutdown()
 
@@ -350,9 +404,16 @@ class ConsumerService:
                 if remaining <= 0:
                     break
             if not received:
-                received = self._consumer.consume(
-                    num_messages=1, timeout=min(remaining, self._config.poll_slice_s)
-                )
+                wait = min(remaining, self._config.poll_slice_s)
+                if self._write is not None and not self._incoming:
+                    # Nothing prefetched, so nothing to validate while the previous batch
+                    # is written: wait for its write instead (this thread holds no lock
+                    # the writer needs), then commit it rather than after the timeout.
+                    futures_wait([self._write.future], timeout=wait)
+                    if self._write.future.done():
+                        break
+                    continue
+                received = self._consumer.consume(num_messages=1, timeout=wait)
             # Only now read self._incoming: callbacks inside consume() may have filtered it.
             self._incoming.extend(received)
         batch, self._incoming = self._incoming, []
@@ -360,34 +421,82 @@ class ConsumerService:
 
     def _process(self, messages: list[KafkaMessage]) -> None:
         started = self._clock()
+        # Validated while the writer thread writes the previous batch.
         entries = self._decode(messages)
-        if not entries:
+        # The previous batch's outcome is folded in (and its offsets committed) before this
+        # one is handed over: batches are written, and offsets committed, in order.
+        if not self._finish_write(waiting=len(entries)):
+            # Stopping with the previous batch unwritten: this one must not be written and
+            # committed past it (its offsets would cover the unwritten messages).
+            self.stats.abandoned += len(entries)
             return
-        self._inflight = entries
+        # A revoke while we waited may have taken some of these partitions away.
+        owned = [e for e in entries if e.partition_key in self._assigned]
+        self.stats.dropped_on_revoke += len(entries) - len(owned)
+        if owned:
+            self._start_write(owned, started)
+
+    def _start_write(self, entries: list[Entry], started: float) -> None:
+        valid = [e for e in entries if e.order is not None]
+        future: Future[WriteResult]
+        if valid:
+            future = self._executor.submit(self._writer.write, [e.order for e in valid if e.order])
+        else:
+            # Poison only: nothing to write, but its dead letters and offsets still wait
+            # for the batches before it.
+            future = Future()
+            future.set_result(WriteResult())
+        self._write = _Write(entries, valid, future, started)
+
+    def _finish_write(self, *, in_callback: bool = False, waiting: int = 0) -> bool:
+        """Wait for the batch being written and fold its outcome in.
+
+        Success: settle the rows, dead-letter the poison, record the offsets and (unless
+        called from a rebalance callback, which commits for itself) commit them. Failure:
+        retry the same batch with backoff, partitions paused (see ``_write_with_retry``);
+        from a rebalance callback, leave the failure to the loop, which retries whatever
+        is left of the batch. False when a stop abandoned the batch unwritten.
+        """
+        write = self._write
+        if write is None or write.settled:
+            return True
         try:
-            outcome = self._write_with_retry()
-            if outcome is None:  # stop requested while the database was unavailable
-                self.stats.abandoned += len(self._inflight)
-                self._log.warning(
-                    "stopping with an unwritten batch; it will be redelivered",
-                    messages=len(self._inflight),
-                )
-                return
-            written_entries, result = outcome
-            self._settle(written_entries, result)
-            self._dead_letter([e for e in self._inflight if e.poison is not None])
-            for entry in self._inflight:
-                key = entry.partition_key
-                offset = int(entry.message.offset() or 0) + 1
-                self._pending[key] = max(self._pending.get(key, 0), offset)
-        finally:
-            self._inflight = []
+            # Blocks until the writer thread is done; it holds no Kafka state.
+            outcome: tuple[list[Entry], WriteResult] | None = (
+                write.valid,
+                self._result(write, waiting),
+            )
+        except (SQLAlchemyError, FoodpipeError) as exc:
+            if in_callback:
+                return True
+            outcome = self._write_with_retry(write, exc)
+        if outcome is None:  # stop requested while the database was unavailable
+            self._write = None
+            self.stats.abandoned += len(write.entries)
+            self._log.warning(
+                "stopping with an unwritten batch; it will be redelivered",
+                messages=len(write.entries),
+            )
+            return False
+        written_entries, result = outcome
+        write.settled = True
+        self._write = None
+        self._settle(written_entries, result)
+        # Only the entries of partitions still ours: a revoke or a loss removed the others
+        # from write.entries, and their next owner reads them again.
+        self._dead_letter([e for e in write.entries if e.poison is not None])
+        for entry in write.entries:
+            key = entry.partition_key
+            offset = int(entry.message.offset() or 0) + 1
+            self._pending[key] = max(self._pending.get(key, 0), offset)
         if self._after_db_commit is not None:
             self._after_db_commit()  # rows and dead letters are committed, offsets are not
-        self._commit_pending()
-        latency = self._clock() - started
+        if not in_callback:
+            self._commit_pending()
+        latency = self._clock() - write.started
         self.stats.record_batch(latency)
-        self._observer.observe_batch(len(entries), latency)
+        self._observer.observe_batch(len(write.entries), latency)
+        return True
 
     def _decode(self, messages: list[KafkaMessage]) -> list[Entry]:
         entries = []
@@ -413,17 +522,46 @@ class ConsumerService:
                 entries.append(Entry(message, poison=poison))
         return entries
 
-    def _write_with_retry(self) -> tuple[list[Entry], WriteResult] | None:
-        """Write the valid orders in flight; retry transient failures until stopped."""
+    def _result(self, write: _Write, waiting: int) -> WriteResult:
+        if not waiting:
+            return write.future.result()
+        try:
+            return write.future.result(timeout=self._config.slow_write_s)
+        except TimeoutError:
+            # Two batches in flight and the first one is slow: say so (an operator sees a
+            # slow database; the fault suite waits for this line to act at that moment).
+            self._warn_throttled(
+                "slow-write",
+                "the database write is slow; the next batch is validated and waits for it",
+                writing=len(write.valid),
+                waiting=waiting,
+                waited_s=self._config.slow_write_s,
+            )
+            return write.future.result()
+
+    def _write_with_retry(
+        self, write: _Write, first_error: SQLAlchemyError | FoodpipeError
+    ) -> tuple[list[Entry], WriteResult] | None:
+        """Retry the batch whose write (on the writer thread) failed, until stopped.
+
+        The retries run on the loop's own thread: the batch after this one is held back
+        anyway (offsets are committed in order), and the loop must keep polling between
+        attempts, paused.
+        """
         backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
         fatal_attempts = 0
+        failed: SQLAlchemyError | FoodpipeError | None = first_error
         try:
             while True:
                 # Re-read on every attempt: a revoke during the wait may have removed some.
-                valid = [e for e in self._inflight if e.order is not None]
+                valid = [e for e in write.entries if e.order is not None]
                 if not valid:
                     return valid, WriteResult()
                 try:
+                    if failed is not None:
+                        # The writer thread's attempt: classified like the retries below.
+                        error, failed = failed, None
+                        raise error
                     return valid, self._writer.write([e.order for e in valid if e.order])
                 except (SQLAlchemyError, FoodpipeError) as exc:
                     failure = classify(exc)
@@ -648,6 +786,10 @@ class ConsumerService:
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         revoked = {_tp_key(tp) for tp in partitions}
         self.stats.rebalances += 1
+        # A batch being written may hold messages of these partitions: wait for it, so
+        # what it wrote is committed while they are still ours (if it failed, the loop
+        # retries what is left of it once the revoked messages are dropped below).
+        self._finish_write(in_callback=True)
         dropped = self._drop(revoked)
         # Still ours until this callback returns: commit what is written.
         self._commit_pending(only=revoked)
@@ -683,17 +825,31 @@ class ConsumerService:
 
     def _drop(self, keys: set[PartitionKey]) -> int:
         """Forget unwritten messages of ``keys``; their next owner reads them again."""
-        before = len(self._inflight) + len(self._incoming)
-        # In place: the loop that is waiting on these lists holds references to them.
-        self._inflight[:] = [e for e in self._inflight if e.partition_key not in keys]
+        inflight = self._write.entries if self._write is not None else []
+        before = len(inflight) + len(self._incoming)
+        # In place: the loop that is waiting on these lists holds references to them. A
+        # batch on the writer thread may still write these rows (harmless: the insert is
+        # idempotent), but their dead letters and offsets are left to the next owner.
+        inflight[:] = [e for e in inflight if e.partition_key not in keys]
         self._incoming[:] = [m for m in self._incoming if _msg_key(m) not in keys]
-        dropped = before - len(self._inflight) - len(self._incoming)
+        dropped = before - len(inflight) - len(self._incoming)
         self.stats.dropped_on_revoke += dropped
         return dropped
 
     # ------------------------------------------------------------------ shutdown, logs
 
     def _shutdown(self) -> None:
+        write, self._write = self._write, None
+        if write is not None and not write.settled:
+            # Leaving on an error: the batch on the writer thread is neither dead-lettered
+            # nor committed (redelivered after the restart). Wait for its transaction to end
+            # (bounded by statement_timeout) so no thread outlives the loop.
+            self.stats.abandoned += len(write.entries)
+            self._log.warning(
+                "stopping with a batch whose outcome is not committed; it will be redelivered",
+                messages=len(write.entries),
+            )
+        self._executor.shutdown(wait=True)
         if self._abandoned:
             # Out of the group and the client wedged (see _check_membership): close()
             # would block on the dead coordinator connection. Nothing is owned, so there
