@@ -318,6 +318,8 @@ class ConsumerService:
         #: When the last asynchronous commit was sent (see _COMMIT_ANSWER_S).
         self._commit_sent_at = float("-inf")
         self._paused = False
+        #: Partitions that left this member while paused (see _poll_batch).
+        self._unpause: set[PartitionKey] = set()
         self._last_warning: dict[str, float] = {}
         #: When on_lost last fired without an assignment since (see rejoin_timeout_s).
         self._lost_at: float | None = None
@@ -377,6 +379,15 @@ class ConsumerService:
         # call must be able to drop what an earlier call returned (see _drop).
         deadline = self._clock() + self._config.batch_timeout_s
         lingering = False
+        if self._unpause and not self._paused:
+            # librdkafka keeps a partition's pause across losing and regaining it: one
+            # paused during a database retry, lost (session timeout), then assigned
+            # again was never fetched (tests/fault/network, case 1). Resuming a
+            # partition that is not paused does nothing.
+            owned = self._unpause & self._assigned
+            self._unpause -= owned
+            if owned:
+                self._consumer.resume([TopicPartition(t, p) for t, p in sorted(owned)])
         while (
             len(self._incoming) < self._config.batch_size
             and _batch_bytes(self._incoming) < self._config.batch_max_bytes
@@ -785,6 +796,8 @@ class ConsumerService:
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         revoked = {_tp_key(tp) for tp in partitions}
+        if self._paused:
+            self._unpause |= revoked
         self.stats.rebalances += 1
         # A batch being written may hold messages of these partitions: wait for it, so
         # what it wrote is committed while they are still ours (if it failed, the loop
@@ -809,6 +822,8 @@ class ConsumerService:
     def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self._lost_at = self._clock()
         lost = {_tp_key(tp) for tp in partitions}
+        if self._paused:
+            self._unpause |= lost
         self.stats.rebalances += 1
         dropped = self._drop(lost)
         for key in lost:
