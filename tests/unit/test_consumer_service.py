@@ -94,6 +94,8 @@ class FakeConsumer:
     #: A stalled coordinator: commit outcomes are held back until this is cleared.
     coordinator_silent: bool = False
     callbacks: dict[str, Any] = field(default_factory=dict)
+    #: librdkafka keeps a partition's pause when the partition is lost and assigned again.
+    pause_survives_rebalance: bool = False
     closed: bool = False
     prefetched: list[Msg] = field(default_factory=list)
 
@@ -110,7 +112,8 @@ class FakeConsumer:
         callback = self.callbacks["on_lost" if lost else "on_revoke"]
         callback(self, [TopicPartition(t, p) for t, p in partitions])
         self.assigned = [tp for tp in self.assigned if tp not in partitions]
-        self.paused -= set(partitions)
+        if not self.pause_survives_rebalance:
+            self.paused -= set(partitions)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Msg]:
         self.serve_reports()
@@ -786,6 +789,36 @@ def test_a_member_taken_back_into_the_group_keeps_running(h: Harness) -> None:
     h.consumer.steps = [lost, *_quiet(50), back, *_quiet(70), [msg(0, 1, valid_order(1))]]
     h.run()
     assert [e[1] for e in h.of("write")] == [["ORD-20250110-00001"]]
+
+
+def test_a_partition_lost_while_paused_is_fetched_again_when_it_comes_back(h: Harness) -> None:
+    # tests/fault/network case 1: paused for a database retry, lost, assigned back much
+    # later; librdkafka still had it paused and it was never fetched again.
+    h.consumer.pause_survives_rebalance = True
+    h.writer.failures = [transient()]
+
+    def lost() -> None:
+        # During the retry's backoff (the loop polls, paused).
+        h.consumer.revoke(list(h.consumer.assigned), lost=True)
+
+    def back() -> list[Msg]:
+        h.consumer.assign([(TOPIC, p) for p in range(3)])
+        return []
+
+    h.consumer.poll_steps = [lost]
+    h.consumer.steps = [
+        [msg(0, 0, valid_order(1))],
+        *_quiet(5),
+        back,
+        *_quiet(3),
+        [msg(0, 0, valid_order(1)), msg(1, 0, valid_order(2))],
+    ]
+    h.run()
+    assert ("resume", {0, 1, 2}) in h.events
+    # The lost batch was dropped unwritten; what arrived after the reassignment is
+    # written (without the resume it was filtered out as paused, for ever).
+    assert h.of("write") == [("write", ["ORD-20250110-00001", "ORD-20250110-00002"])]
+    assert h.of("commit")[-1] == ("commit", {(0, 1), (1, 1)})
 
 
 def test_a_failed_commit_is_retried_on_the_next_iteration(h: Harness) -> None:
