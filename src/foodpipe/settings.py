@@ -350,12 +350,15 @@ class Settings(BaseSettings):
         if (self.postgres_sslcert is None) != (self.postgres_sslkey is None):
             raise ValueError("POSTGRES_SSLCERT and POSTGRES_SSLKEY go together")
         wanted = self._tls_query()
-        if self.database_url is not None and wanted:
-            query = make_url(self.database_url.get_secret_value()).query
+        urls = {"DATABASE_URL": self.database_url, "DATABASE_ADMIN_URL": self.database_admin_url}
+        for name, secret in urls.items():
+            if secret is None or not wanted:
+                continue
+            query = make_url(secret.get_secret_value()).query
             for key, value in wanted.items():
                 if key in query and query[key] != value:
                     raise ValueError(
-                        f"POSTGRES_{key.upper()}={value} but DATABASE_URL has"
+                        f"POSTGRES_{key.upper()}={value} but {name} has"
                         f" ?{key}={query[key]}; set it in one place"
                     )
         if self.postgres_sslmode == "disable" and len(wanted) > 1:
@@ -394,7 +397,7 @@ class Settings(BaseSettings):
                 )
 
     def sqlalchemy_url(self) -> URL:
-        """The database URL, always with the psycopg2 driver."""
+        """The database URL, always with the psycopg2 driver and the POSTGRES_SSL* settings."""
         if self.database_url is not None:
             url = make_url(self.database_url.get_secret_value())
         else:
@@ -406,6 +409,17 @@ class Settings(BaseSettings):
                 port=self.postgres_port,
                 database=self.postgres_db,
             )
+        return self._with_driver_and_tls(url)
+
+    def admin_sqlalchemy_url(self) -> URL | None:
+        """DATABASE_ADMIN_URL like :meth:`sqlalchemy_url`: the owner reaches the same
+        server, so it gets the same TLS settings (a server that requires TLS refuses
+        the owner otherwise)."""
+        if self.database_admin_url is None:
+            return None
+        return self._with_driver_and_tls(make_url(self.database_admin_url.get_secret_value()))
+
+    def _with_driver_and_tls(self, url: URL) -> URL:
         if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg2")
         tls = self._tls_query()
@@ -429,10 +443,9 @@ class Settings(BaseSettings):
         """Every setting with secrets masked, for start-up logs."""
         view = self.model_dump(mode="json")
         view["database_url"] = self.redacted_database_url()
-        if self.database_admin_url is not None:
-            view["database_admin_url"] = redact_url(
-                make_url(self.database_admin_url.get_secret_value())
-            )
+        admin_url = self.admin_sqlalchemy_url()
+        if admin_url is not None:
+            view["database_admin_url"] = redact_url(admin_url)
         view["postgres_password"] = "***"  # noqa: S105 - the mask, not a password
         for secret in ("kafka_sasl_password", "kafka_ssl_key_password"):
             if view.get(secret) is not None:

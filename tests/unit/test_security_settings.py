@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import pytest
+from sqlalchemy.engine import URL
 
 from foodpipe import kafka
 from foodpipe.cli import main
@@ -154,6 +156,47 @@ def test_postgres_tls_settings_reach_the_connection_url(pem: Path) -> None:
     ).sqlalchemy_url()
     assert from_url.query["sslmode"] == "require"
     assert "sslmode" not in settings().sqlalchemy_url().query  # libpq's default
+
+
+def test_postgres_tls_settings_reach_the_owner_url_and_the_bench_connections(
+    pem: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner (DATABASE_ADMIN_URL, used by the bench) reaches the same server: a
+    server that requires TLS would refuse it without the same settings."""
+    from foodpipe.bench import peer, scratch
+
+    configured = settings(
+        database_admin_url="postgresql://owner:pw@db:5433/postgres",
+        postgres_sslmode="verify-full",
+        postgres_sslrootcert=str(pem),
+    )
+    admin = configured.admin_sqlalchemy_url()
+    assert admin is not None
+    assert (admin.drivername, admin.host, admin.port) == ("postgresql+psycopg2", "db", 5433)
+    assert admin.query == {"sslmode": "verify-full", "sslrootcert": str(pem)}
+    assert settings(database_admin_url=None).admin_sqlalchemy_url() is None
+    assert "pw" not in str(configured.public_view()["database_admin_url"])
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(scratch.psycopg2, "connect", lambda **kw: seen.update(kw) or _Conn())
+    scratch.connect(admin)
+    assert (seen["sslmode"], seen["sslrootcert"]) == ("verify-full", str(pem))
+    assert (seen["host"], seen["port"], seen["user"]) == ("db", 5433, "owner")
+    assert peer.jdbc_address(admin) == (
+        f"jdbc:postgresql://db:5433/postgres?sslmode=verify-full&sslrootcert={quote_plus(str(pem))}"
+    )
+    plain = URL.create("postgresql", host="h", database="d")
+    assert peer.jdbc_address(plain) == "jdbc:postgresql://h:5432/d"
+
+    with pytest.raises(ConfigError, match=r"but DATABASE_ADMIN_URL has \?sslmode=disable"):
+        settings(
+            database_admin_url="postgresql://owner:pw@db/postgres?sslmode=disable",
+            postgres_sslmode="require",
+        )
+
+
+class _Conn:
+    autocommit = False
 
 
 def test_the_url_and_the_setting_may_not_disagree() -> None:

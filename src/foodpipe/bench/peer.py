@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from confluent_kafka import Consumer, Producer
 from sqlalchemy.engine import URL
@@ -249,15 +250,24 @@ def worker_properties(
     }
 
 
+def jdbc_address(url: URL) -> str:
+    """The JDBC form of ``url``, with its sslmode and sslrootcert (pgjdbc reads both as
+    libpq does). Client certificates are not passed: pgjdbc wants the key as PKCS-8
+    DER, not the PEM that libpq takes; a server that requires them refuses the peer."""
+    address = f"jdbc:postgresql://{url.host}:{url.port or 5432}/{url.database}"
+    tls = {key: url.query[key] for key in ("sslmode", "sslrootcert") if key in url.query}
+    if tls:
+        address += "?" + urlencode(tls)
+    return address
+
+
 def connector_properties(name: str, topic: str, jdbc_url: URL) -> dict[str, str]:
     return {
         "name": name,
         "connector.class": CONNECTOR_CLASS,
         "tasks.max": "1",
         "topics": topic,
-        "connection.url": (
-            f"jdbc:postgresql://{jdbc_url.host}:{jdbc_url.port or 5432}/{jdbc_url.database}"
-        ),
+        "connection.url": jdbc_address(jdbc_url),
         "connection.username": str(jdbc_url.username),
         "connection.password": str(jdbc_url.password),
         "insert.mode": "upsert",

@@ -28,7 +28,12 @@ from foodpipe.kafka import TopicSpec, ensure_topics
 
 
 def connect(url: URL, *, autocommit: bool = False) -> Any:
-    """A plain psycopg2 connection (the ceilings measure the driver, not a pool)."""
+    """A plain psycopg2 connection (the ceilings measure the driver, not a pool).
+
+    The URL's query (sslmode, sslrootcert, sslcert, sslkey: Settings puts the
+    POSTGRES_SSL* settings there) goes to libpq as connection parameters.
+    """
+    libpq = {key: value for key, value in url.query.items() if isinstance(value, str)}
     conn = psycopg2.connect(
         host=url.host,
         port=url.port or 5432,
@@ -37,6 +42,7 @@ def connect(url: URL, *, autocommit: bool = False) -> Any:
         dbname=url.database,
         connect_timeout=10,
         application_name="foodpipe-bench",
+        **libpq,
     )
     conn.autocommit = autocommit
     return conn

@@ -28,7 +28,6 @@ from typing import Any
 
 import psycopg2
 from confluent_kafka.admin import AdminClient
-from sqlalchemy.engine import make_url
 
 from foodpipe.bench.ceilings import KafkaTools
 from foodpipe.bench.conditions import collect
@@ -154,7 +153,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except ChartUnavailable as exc:
             raise ConfigError(str(exc)) from None
     settings = ensure_stack(settings, args.env_file, log)
-    assert settings.database_admin_url is not None  # ensure_stack guarantees it
     tools = find_kafka_tools()
     peer_tools, peer_note = find_peer(tools, log) if args.peer else (None, "skipped (--no-peer)")
     config = BenchConfig(
@@ -170,7 +168,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     if config.partitions < 3:
         raise ConfigError("KAFKA_TOPIC_PARTITIONS must be at least 3 for the 3-consumer drain")
-    admin_url = make_url(settings.database_admin_url.get_secret_value())
+    admin_url = settings.admin_sqlalchemy_url()
+    assert admin_url is not None  # ensure_stack guarantees it
     app_url = settings.sqlalchemy_url()
     started_at = datetime.now(UTC)
     work_dir = Path(tempfile.mkdtemp(prefix="foodpipe-bench-"))
