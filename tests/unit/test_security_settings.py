@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote_plus
 
+import psycopg2
 import pytest
 from sqlalchemy.engine import URL
 
@@ -178,7 +179,7 @@ def test_postgres_tls_settings_reach_the_owner_url_and_the_bench_connections(
     assert "pw" not in str(configured.public_view()["database_admin_url"])
 
     seen: dict[str, object] = {}
-    monkeypatch.setattr(scratch.psycopg2, "connect", lambda **kw: seen.update(kw) or _Conn())
+    monkeypatch.setattr(psycopg2, "connect", lambda **kw: seen.update(kw) or _Conn())
     scratch.connect(admin)
     assert (seen["sslmode"], seen["sslrootcert"]) == ("verify-full", str(pem))
     assert (seen["host"], seen["port"], seen["user"]) == ("db", 5433, "owner")
