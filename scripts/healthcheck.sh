@@ -107,8 +107,8 @@ case $mode in
     if [[ -n $env_file ]]; then
       [[ -f $env_file ]] || { say "no env file $env_file"; exit 2; }
       compose_args+=(--env-file "$(cd "$(dirname "$env_file")" && pwd)/$(basename "$env_file")")
-    elif [[ ! -f $(dirname "$file")/.env && -z ${POSTGRES_PASSWORD:-} ]]; then
-      say "no .env next to $(basename "$file"): cp .env.example .env and set the passwords (or run scripts/setup_local.sh)"
+    elif [[ ! -f $(dirname "$file")/.env && -z ${POSTGRES_PASSWORD_FILE:-} ]]; then
+      say "no .env next to $(basename "$file"): run scripts/setup_local.sh --env-only (it writes .env and the passwords in .secrets/)"
       exit 2
     fi
     # `run --no-deps` starts a fresh container of the consumer service (its image, network

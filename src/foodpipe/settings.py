@@ -117,7 +117,9 @@ class Settings(BaseSettings):
     postgres_db: str = Field("foodpipe", description="PostgreSQL database name")
     postgres_user: str = Field("foodpipe_app", description="PostgreSQL user")
     postgres_password: SecretStr = Field(
-        SecretStr("change-me"), description="PostgreSQL password (a secret: keep it in .env)"
+        SecretStr("change-me"),
+        description="PostgreSQL password (a secret); POSTGRES_PASSWORD_FILE may name a file"
+        " that holds it instead, which is how Compose passes it",
     )
     postgres_sslmode: (
         Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None

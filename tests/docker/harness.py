@@ -180,6 +180,10 @@ class Checkout:
                 values[key] = value
         return values
 
+    def secret(self, name: str) -> str:
+        """A password that setup_local.sh generated into .secrets/ (Compose mounts it)."""
+        return (self.root / ".secrets" / name).read_text().strip()
+
     def host_settings(self) -> dict[str, str]:
         """Settings for `foodpipe` on the host, through the published ports."""
         dotenv = self.dotenv()
@@ -187,7 +191,7 @@ class Checkout:
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{dotenv['KAFKA_HOST_PORT']}",
             "POSTGRES_HOST": "127.0.0.1",
             "POSTGRES_PORT": dotenv["POSTGRES_HOST_PORT"],
-            "POSTGRES_PASSWORD": dotenv["POSTGRES_PASSWORD"],
+            "POSTGRES_PASSWORD": self.secret("postgres_password"),
         }
 
     def foodpipe(

@@ -92,6 +92,18 @@ def test_up_turns_every_service_healthy(user: Checkout) -> None:
     # The producer runs at its default rate: 10 orders/s.
     producer = inspect(user.container_ids("producer")[0])
     assert "ORDER_RATE=10" in producer["Config"]["Env"]
+    # The passwords are Compose secrets: no container's configuration holds one, and
+    # the services that need one read it where Compose mounted it.
+    passwords = [user.secret("postgres_password"), user.secret("postgres_admin_password")]
+    for service in [*SERVICES, *ONE_SHOTS]:
+        for cid in user.container_ids(service):
+            config = json.dumps(inspect(cid)["Config"])
+            assert not [p for p in passwords if p in config], f"{service}: a password in inspect"
+    consumer = user.container_ids("consumer")[0]
+    assert (
+        "POSTGRES_PASSWORD_FILE=/run/secrets/postgres_password"
+        in inspect(consumer)["Config"]["Env"]
+    )
 
 
 def test_orders_reach_postgres_and_the_audit_is_consistent(user: Checkout) -> None:
@@ -113,7 +125,7 @@ def test_the_dashboard_serves_the_pipeline_on_the_published_port(user: Checkout)
         return document if healthy and "food-orders" in json.dumps(document) else None
 
     document = wait_until(pipeline, timeout=60, interval=1, message="the dashboard's reading")
-    assert user.dotenv()["POSTGRES_PASSWORD"] not in json.dumps(document)
+    assert user.secret("postgres_password") not in json.dumps(document)
 
 
 def _prometheus(user: Checkout, path: str) -> Any:
@@ -260,12 +272,18 @@ def test_scale_to_two_consumers_splits_the_partitions_and_back_to_one(user: Chec
 
 def test_wrong_database_password_exits_non_zero_with_one_line(user: Checkout) -> None:
     rows = user.rows()
+    # The consumer's secret replaced, for this one container, by a file with a wrong one.
+    wrong = user.root / "wrong-password"
+    wrong.write_text("wrong-password\n")
+    wrong.chmod(0o644)
     result = user.compose(
         "run",
         "--rm",
         "-T",
+        "-v",
+        f"{wrong}:/run/wrong-password:ro",
         "-e",
-        "POSTGRES_PASSWORD=wrong-password",
+        "POSTGRES_PASSWORD_FILE=/run/wrong-password",
         "consumer",
         check=False,
         timeout=180,
@@ -392,17 +410,25 @@ def test_a_missing_env_file_stops_compose_with_one_line(
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
-    assert "in .env (see .env.example)" in lines[0]
+    assert "in .env; scripts/setup_local.sh --env-only writes both" in lines[0]
     assert fresh.project_objects() == {"containers": [], "volumes": [], "networks": []}
 
     fresh.setup_env_file()
     env_text = (fresh.root / ".env").read_text()
     (fresh.root / ".env").write_text(
-        re.sub(r"(?m)^POSTGRES_PASSWORD=.*$", "POSTGRES_PASSWORD=", env_text)
+        re.sub(r"(?m)^POSTGRES_PASSWORD_FILE=.*$", "POSTGRES_PASSWORD_FILE=", env_text)
     )
     result = fresh.compose("up", "-d", check=False, timeout=120)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert result.returncode != 0
     assert len(lines) == 1, lines
-    assert "POSTGRES_PASSWORD" in lines[0]
+    assert "POSTGRES_PASSWORD_FILE" in lines[0]
     assert fresh.project_objects() == {"containers": [], "volumes": [], "networks": []}
+
+    # .env names a file that is not there: Docker refuses to mount it and says which.
+    (fresh.root / ".env").write_text(env_text)
+    (fresh.root / ".secrets" / "postgres_admin_password").unlink()
+    result = fresh.compose("up", "-d", check=False, timeout=120)
+    assert result.returncode != 0
+    assert ".secrets/postgres_admin_password" in result.stdout + result.stderr
+    fresh.compose("down", "-v", timeout=120)

@@ -11,6 +11,7 @@ needs no engine either.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,13 @@ import yaml
 
 from foodpipe.cli import COMMANDS, build_parser
 from foodpipe.kafka import group_timeouts, topic_specs
-from foodpipe.settings import PLACEHOLDER_PASSWORDS, ConfigError, Settings, load_settings
+from foodpipe.settings import (
+    PLACEHOLDER_PASSWORDS,
+    SECRET_FIELDS,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 
 from ..compose_support import (
     COMPOSE_FILES,
@@ -51,6 +58,8 @@ ONE_SHOTS = {"db-init", "topics-init"}
 LONG_RUNNING = EXPECTED_SERVICES - ONE_SHOTS
 
 SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
+#: ``NAME_FILE`` stands for the secret NAME (Settings reads the file it names).
+SECRET_FILE_VARS = {f"{name.upper()}_FILE": name.upper() for name in SECRET_FIELDS}
 #: Settings fields no service receives, and why.
 NOT_PASSED = {
     "DATABASE_URL": "Compose passes the POSTGRES_* parts, so no password sits inside a URL",
@@ -97,7 +106,7 @@ NEEDS = {
         "POSTGRES_PORT",
         "POSTGRES_DB",
         "POSTGRES_USER",
-        "POSTGRES_PASSWORD",
+        "POSTGRES_PASSWORD_FILE",
         "DB_POOL_SIZE",
         "BATCH_SIZE",
         "BATCH_TIMEOUT_MS",
@@ -105,8 +114,16 @@ NEEDS = {
         "METRICS_HOST",
     },
 }
-#: Secrets: a service may receive these only from .env, never as a literal.
-SECRETS = {"POSTGRES_PASSWORD", "POSTGRES_ADMIN_PASSWORD"}
+#: The Compose secrets, and the .env variable that names each one's file on the host.
+SECRETS = {
+    "postgres_password": "POSTGRES_PASSWORD_FILE",
+    "postgres_admin_password": "POSTGRES_ADMIN_PASSWORD_FILE",
+}
+#: Who may hold each one: the app role's password, and the owner's.
+SECRET_HOLDERS = {
+    "postgres_password": {"db-init", "consumer", "dashboard"},
+    "postgres_admin_password": {"postgres", "db-init"},
+}
 
 
 def compose(name: str) -> dict[str, Any]:
@@ -122,12 +139,39 @@ def services(name: str) -> dict[str, dict[str, Any]]:
 
 
 def generated_env() -> dict[str, str]:
-    """A .env as setup_local.sh / deploy_aws.sh write it: real secrets, not placeholders."""
+    """A .env as a user may write it: the secrets' files somewhere else than the example's."""
     env = example_env()
     env.update(
-        POSTGRES_PASSWORD="Zq8-generated-app-pw", POSTGRES_ADMIN_PASSWORD="Zq8-generated-owner"
+        POSTGRES_PASSWORD_FILE="/etc/zq8-generated/app-pw",
+        POSTGRES_ADMIN_PASSWORD_FILE="/etc/zq8-generated/owner-pw",
     )
     return env
+
+
+def service_secrets(service: dict[str, Any]) -> set[str]:
+    return {
+        entry if isinstance(entry, str) else entry["source"] for entry in service.get("secrets", [])
+    }
+
+
+@pytest.fixture
+def mounted_secrets(tmp_path: Path) -> dict[str, Path]:
+    """What Compose mounts at /run/secrets/<name>: one generated password per file."""
+    paths = {}
+    for name in SECRETS:
+        paths[name] = tmp_path / name
+        paths[name].write_text(f"Zq8-generated-{name}\n")
+    return paths
+
+
+def as_mounted(env: dict[str, str], mounted: dict[str, Path]) -> dict[str, str]:
+    """``env`` with each /run/secrets/<name> path pointing at ``mounted``'s file."""
+    out = {}
+    for key, value in env.items():
+        for name, path in mounted.items():
+            value = value.replace(f"/run/secrets/{name}", str(path))
+        out[key] = value
+    return out
 
 
 def settings_from(env: dict[str, str]) -> Settings:
@@ -226,8 +270,7 @@ def test_db_init_creates_the_app_role_with_app_role_sql(name: str) -> None:
     assert "-f /foodpipe/app_role.sql" in script
     assert "ON_ERROR_STOP=1" in script
     env = service_env(load_compose(name)["services"]["db-init"])
-    assert env["APP_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
-    assert env["PGPASSWORD"].startswith("${POSTGRES_ADMIN_PASSWORD:?")
+    assert not {"APP_PASSWORD", "PGPASSWORD"} & set(env), "the passwords come from secrets"
     # The role it creates is the one the consumer logs in as.
     assert (
         env["APP_USER"] == service_env(load_compose(name)["services"]["consumer"])["POSTGRES_USER"]
@@ -238,15 +281,51 @@ def test_db_init_creates_the_app_role_with_app_role_sql(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", FILES)
+def test_db_init_hands_both_passwords_to_psql_through_its_environment_only(
+    name: str, tmp_path: Path, mounted_secrets: dict[str, Path]
+) -> None:
+    """The command runs for real, with a psql stand-in that reports what it received."""
+    db_init = load_compose(name, example_env())["services"]["db-init"]
+    assert service_secrets(db_init) == set(SECRETS)
+    assert db_init["command"][:2] == ["sh", "-c"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "psql"
+    fake.write_text(
+        '#!/bin/sh\nprintf "%s|%s|%s\\n" "$PGPASSWORD" "$APP_PASSWORD" "$*"\n', encoding="utf-8"
+    )
+    fake.chmod(0o755)
+    script = as_mounted({"c": db_init["command"][2]}, mounted_secrets)["c"]
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "APP_USER": "foodpipe_app"}
+    result = subprocess.run(
+        ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    owner, app, argv = result.stdout.rstrip("\n").split("|")
+    assert owner == "Zq8-generated-postgres_admin_password"
+    assert app == "Zq8-generated-postgres_password"
+    assert "Zq8" not in argv, "a password on psql's command line"
+    # A secret that cannot be read stops db-init (non-zero) before psql runs.
+    mounted_secrets["postgres_password"].unlink()
+    failed = subprocess.run(
+        ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert failed.returncode != 0
+    assert failed.stdout == ""
+
+
+@pytest.mark.parametrize("name", FILES)
 def test_every_variable_passed_to_foodpipe_is_a_setting(name: str) -> None:
+    known = SETTINGS_VARS | set(SECRET_FILE_VARS)
     for service_name, service in foodpipe_services(compose(name)).items():
-        unknown = set(service_env(service)) - SETTINGS_VARS
+        unknown = set(service_env(service)) - known
         assert not unknown, f"{name}/{service_name} passes {unknown}, which Settings ignores"
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_every_setting_reaches_a_service(name: str) -> None:
     passed = set().union(*(service_env(s) for s in foodpipe_services(compose(name)).values()))
+    passed = {SECRET_FILE_VARS.get(var, var) for var in passed}
     missing = SETTINGS_VARS - passed - set(NOT_PASSED)
     assert not missing, (
         f"{name}: Settings fields no service receives: {sorted(missing)}; pass them in "
@@ -265,21 +344,40 @@ def test_each_service_gets_what_it_needs(name: str, service_name: str) -> None:
 
 @pytest.mark.parametrize("name", FILES)
 def test_only_the_consumer_holds_a_database_password(name: str) -> None:
-    """And the dashboard, which reads the table as the same least-privilege role."""
+    """And the dashboard, which reads the table as the same least-privilege role; of the
+    others, only postgres and db-init hold the owner's."""
     for service_name, service in foodpipe_services(compose(name)).items():
         if service_name not in ("consumer", "dashboard"):
-            assert not {"POSTGRES_PASSWORD", "DATABASE_URL"} & set(service_env(service))
+            held = {"POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE", "DATABASE_URL"}
+            assert not held & set(service_env(service))
+    for service_name, service in compose(name)["services"].items():
+        for secret in service_secrets(service):
+            assert service_name in SECRET_HOLDERS[secret], (service_name, secret)
     dashboard = service_env(compose(name)["services"]["dashboard"])
     assert dashboard["POSTGRES_USER"] == "foodpipe_app"
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_every_service_environment_is_valid_settings(name: str) -> None:
+def test_every_service_environment_is_valid_settings(
+    name: str, mounted_secrets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each foodpipe service's environment, as its container gets it, loads; a service
+    that logs in to PostgreSQL reads the password from the secret that Compose mounts."""
     for service_name, service in foodpipe_services(load_compose(name, generated_env())).items():
-        try:
-            settings_from(service_env(service))
-        except ConfigError as exc:
-            pytest.fail(f"{name}/{service_name}: {exc}")
+        env = as_mounted(service_env(service), mounted_secrets)
+        with monkeypatch.context() as patch:
+            for key in [key for key in os.environ if key.endswith("_FILE")]:
+                patch.delenv(key)
+            for key, value in env.items():
+                patch.setenv(key, value)
+            try:
+                settings = load_settings(_env_file=None)
+            except ConfigError as exc:
+                pytest.fail(f"{name}/{service_name}: {exc}")
+        if "POSTGRES_PASSWORD_FILE" in env:
+            assert service_secrets(service) >= {"postgres_password"}
+            password = settings.postgres_password.get_secret_value()
+            assert password == "Zq8-generated-postgres_password", service_name
 
 
 def test_containers_talk_to_each_other_not_to_the_host() -> None:
@@ -293,14 +391,17 @@ def test_containers_talk_to_each_other_not_to_the_host() -> None:
                 assert env["METRICS_HOST"] == "0.0.0.0"  # noqa: S104 - inside a container
 
 
-def test_aws_consumer_refuses_placeholder_passwords() -> None:
-    consumer = services("aws")["consumer"]
-    env = service_env(consumer)
+def test_aws_consumer_refuses_placeholder_passwords(
+    mounted_secrets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = as_mounted(service_env(services("aws")["consumer"]), mounted_secrets)
     assert env["FOODPIPE_ENV"] == "production"
-    assert env["POSTGRES_PASSWORD"] in PLACEHOLDER_PASSWORDS  # a plain copy of the example
+    mounted_secrets["postgres_password"].write_text(f"{sorted(PLACEHOLDER_PASSWORDS)[0]}\n")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match="placeholder"):
         # Refused where the consumer makes its database engine.
-        settings_from(env).check_database_password()
+        load_settings(_env_file=None).check_database_password()
 
 
 # ---------------------------------------------------------------- the commands
@@ -588,24 +689,30 @@ def test_aws_setup_doc_budget_table_matches_the_aws_file() -> None:
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_secrets_come_only_from_env_and_are_required(name: str) -> None:
-    text = raw_text(name)
-    for secret in SECRETS:
-        uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
-        assert uses, f"{secret} is not used"
-        assert all(use.startswith(":?") for use in uses), f"{secret} must be ${{{secret}:?...}}"
-    for service in load_compose(name)["services"].values():
+def test_passwords_reach_containers_only_as_compose_secrets(name: str) -> None:
+    """No password in any container's environment (``docker inspect`` shows it): only
+    the path of a secret that the service lists, and each secret's file comes from .env."""
+    raw = load_compose(name)
+    assert {key: value["file"] for key, value in raw["secrets"].items()} == {
+        secret: f"${{{variable}:?set {variable} in .env; scripts/setup_local.sh --env-only"
+        " writes both (see .env.example)}"
+        for secret, variable in SECRETS.items()
+    }
+    for service_name, service in raw["services"].items():
         for key, value in service_env(service).items():
-            if "PASSWORD" in key:
-                assert value.startswith("${") or value.startswith("$$"), f"literal {key}"
+            if "PASSWORD" not in key:
+                continue
+            assert key.endswith("_FILE"), f"{service_name}: {key} holds a password"
+            secret = value.removeprefix("/run/secrets/")
+            assert secret in service_secrets(service), f"{service_name}: {key}={value}"
 
 
 @pytest.mark.parametrize("name", FILES)
-@pytest.mark.parametrize("secret", sorted(SECRETS))
-def test_compose_refuses_to_start_without_each_secret(name: str, secret: str) -> None:
+@pytest.mark.parametrize("variable", sorted(SECRETS.values()))
+def test_compose_refuses_to_start_without_each_secret(name: str, variable: str) -> None:
     env = generated_env()
-    del env[secret]
-    with pytest.raises(MissingVariable, match=secret):
+    del env[variable]
+    with pytest.raises(MissingVariable, match=variable):
         load_compose(name, env)
 
 
@@ -669,7 +776,7 @@ def test_the_compose_front_end_accepts_the_file(
     )
     assert result.returncode == 0, result.stderr
     assert "consumer:" in result.stdout
-    assert "Zq8-generated-app-pw" in result.stdout  # .env reached the interpolation
+    assert "/etc/zq8-generated/app-pw" in result.stdout  # .env reached the interpolation
 
     empty = tmp_path / "empty.env"
     empty.write_text("")

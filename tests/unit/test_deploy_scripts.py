@@ -210,15 +210,12 @@ def test_deploy_over_ssh_copies_configures_starts_verifies_and_is_idempotent(
     assert not (target / "tests").exists()
     assert not list(target.rglob("__pycache__"))
 
-    # 4. .env with generated passwords, private
+    # 4. .env, private, and the generated passwords as Compose secrets beside it
     env_file = target / ".env"
     text = env_file.read_text()
-    passwords = dict(re.findall(r"^(\w+_PASSWORD)=(.*)$", text, re.MULTILINE))
-    assert set(passwords) == {"POSTGRES_PASSWORD", "POSTGRES_ADMIN_PASSWORD"}
-    for value in passwords.values():
-        assert len(value) >= 24
-        assert value != "change-me"
+    assert not re.findall(r"^\w+_PASSWORD=", text, re.MULTILINE), "no password in .env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    passwords = assert_generated_secrets(target)
 
     # 5. and 6. build, start, verify, in that order
     docker = [line for line in calls(fakes) if line.startswith("docker ")]
@@ -236,7 +233,30 @@ def test_deploy_over_ssh_copies_configures_starts_verifies_and_is_idempotent(
     second = run(argv, fakes, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
     assert env_file.read_text() == text
+    assert assert_generated_secrets(target) == passwords
     assert not (target / "src" / "stale_module.py").exists(), "src/ is replaced, not merged"
+
+
+SECRET_FILES = ("postgres_password", "postgres_admin_password")
+
+
+def assert_generated_secrets(root: Path) -> dict[str, str]:
+    """The two password files that .env names: generated, distinct, in a private
+    directory, readable by the containers' non-root users (Compose mounts them as they
+    are)."""
+    env = dict(re.findall(r"^(\w+)=(.*)$", (root / ".env").read_text(), re.MULTILINE))
+    assert env["POSTGRES_PASSWORD_FILE"] == "./.secrets/postgres_password"
+    assert env["POSTGRES_ADMIN_PASSWORD_FILE"] == "./.secrets/postgres_admin_password"
+    directory = root / ".secrets"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    values = {}
+    for name in SECRET_FILES:
+        path = directory / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        values[name] = path.read_text()
+        assert re.fullmatch(r"[A-Za-z0-9]{24,}\n", values[name]), name
+    assert len(set(values.values())) == 2
+    return values
 
 
 def test_deploy_fails_when_the_stack_is_unhealthy(fakes: dict[str, str], tmp_path: Path) -> None:
@@ -263,32 +283,53 @@ def repo_copy(tmp_path: Path) -> Path:
     return root
 
 
-def test_setup_writes_env_once_with_generated_passwords(
-    repo_copy: Path, fakes: dict[str, str]
-) -> None:
+def test_setup_writes_env_and_the_secrets_once(repo_copy: Path, fakes: dict[str, str]) -> None:
     script = str(repo_copy / "scripts" / "setup_local.sh")
     assert run([script, "--env-only"], fakes).returncode == 0
     env_file = repo_copy / ".env"
     first = env_file.read_text()
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    assert "change-me\n" not in first.split("# ---")[1], "placeholders were replaced"
-    example = (repo_copy / ".env.example").read_text().splitlines()
-    written = first.splitlines()
-    assert len(written) == len(example)
-    for old, new in zip(example, written, strict=True):
-        if not old.startswith("POSTGRES_") or "_PASSWORD=" not in old:
-            assert old == new
+    assert first == (repo_copy / ".env.example").read_text(), "no placeholder to replace"
+    secrets = assert_generated_secrets(repo_copy)
 
     assert run([script, "--env-only"], fakes).returncode == 0
     assert env_file.read_text() == first, "an existing .env is kept"
+    assert assert_generated_secrets(repo_copy) == secrets, "existing secrets are kept"
 
-    # A variable the example sets and .env lacks is appended (a new secret generated).
-    env_file.write_text("\n".join(line for line in written if "ADMIN_PASSWORD=" not in line) + "\n")
+    # A variable the example sets and .env lacks is appended.
+    written = first.splitlines()
+    env_file.write_text("\n".join(line for line in written if "ADMIN_PASSWORD_FILE=" not in line))
     result = run([script, "--env-only"], fakes)
-    assert "added POSTGRES_ADMIN_PASSWORD" in result.stderr
-    appended = env_file.read_text().splitlines()[-1]
-    assert appended.startswith("POSTGRES_ADMIN_PASSWORD=")
-    assert appended != "POSTGRES_ADMIN_PASSWORD=change-me"
+    assert "added POSTGRES_ADMIN_PASSWORD_FILE" in result.stderr
+    assert env_file.read_text().splitlines()[-1] == (
+        "POSTGRES_ADMIN_PASSWORD_FILE=./.secrets/postgres_admin_password"
+    )
+    assert assert_generated_secrets(repo_copy) == secrets
+
+
+def test_setup_moves_the_passwords_of_an_older_env_into_the_secrets(
+    repo_copy: Path, fakes: dict[str, str]
+) -> None:
+    """An .env from before Compose secrets held the passwords; the database volume was
+    initialised with the owner's, so those values move, they are not regenerated."""
+    env_file = repo_copy / ".env"
+    env_file.write_text(
+        "POSTGRES_PASSWORD=OldAppPassword0123456789ab\n"
+        "KAFKA_TOPIC=food-orders\n"
+        "POSTGRES_ADMIN_PASSWORD=OldOwnerPassword0123456789\n"
+    )
+    env_file.chmod(0o600)
+    result = run([str(repo_copy / "scripts" / "setup_local.sh"), "--env-only"], fakes)
+    assert result.returncode == 0, result.stderr
+    assert "moved POSTGRES_PASSWORD from .env to ./.secrets/postgres_password" in result.stderr
+    assert assert_generated_secrets(repo_copy) == {
+        "postgres_password": "OldAppPassword0123456789ab\n",
+        "postgres_admin_password": "OldOwnerPassword0123456789\n",
+    }
+    text = env_file.read_text()
+    assert "Old" not in text, "the passwords left .env"
+    assert "KAFKA_TOPIC=food-orders\n" in text
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("mode", ["--compose", "--native"])
@@ -363,7 +404,7 @@ def test_healthcheck_compose_without_env_says_how_to_fix_it(
         fakes,
     )
     assert result.returncode == 2
-    assert "cp .env.example .env" in result.stderr
+    assert "run scripts/setup_local.sh --env-only" in result.stderr
 
 
 def test_healthcheck_compose_can_use_another_env_file(

@@ -77,15 +77,19 @@ def test_the_example_values_are_valid_settings() -> None:
 def test_secrets_are_placeholders_that_production_refuses() -> None:
     documented = read_env_file().documented
     for var, value in documented.items():
-        if "PASSWORD" in var:
+        if var.endswith("PASSWORD_FILE"):
+            # A path, not a password: the files live in the git-ignored .secrets/.
+            assert value.startswith("./.secrets/"), f"{var} must name a file in .secrets/"
+        elif "PASSWORD" in var:
             assert value in PLACEHOLDER_PASSWORDS, f"{var} must be a placeholder, not {value!r}"
         if var.endswith("_URL"):
             password = value.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
             assert password in PLACEHOLDER_PASSWORDS, var
-    active = read_env_file().active
     with pytest.raises(ConfigError, match="placeholder"):
         load_settings(
-            _env_file=None, foodpipe_env="production", postgres_password=active["POSTGRES_PASSWORD"]
+            _env_file=None,
+            foodpipe_env="production",
+            postgres_password=documented["POSTGRES_PASSWORD"],
         ).check_database_password()
 
 

@@ -272,7 +272,7 @@ class Topology:
         dotenv = self.checkout.dotenv()
         user = dotenv.get("POSTGRES_ADMIN_USER", "foodpipe_admin")
         return (
-            f"postgresql+psycopg2://{user}:{dotenv['POSTGRES_ADMIN_PASSWORD']}"
+            f"postgresql+psycopg2://{user}:{self.checkout.secret('postgres_admin_password')}"
             f"@127.0.0.1:{self.ports['POSTGRES_HOST_PORT']}/{dotenv.get('POSTGRES_DB', 'foodpipe')}"
         )
 
