@@ -219,14 +219,16 @@ write_kafka_config() {
   if secured; then
     # Clients: SASL_SSL (TLS and a SCRAM login). The broker itself and Kafka's admin
     # tools: mutual TLS on INTERNAL (only holders of a certificate of this CA get in).
-    # The controller listener answers controller requests only.
+    # The controller listener answers controller requests only, over mutual TLS as well:
+    # a local process without the CA's certificate cannot speak to the quorum either.
     listeners="listeners=SASL_SSL://127.0.0.1:$(node_port "$n"),INTERNAL://127.0.0.1:$(internal_port "$n"),CONTROLLER://127.0.0.1:$(ctrl_port "$n")
 advertised.listeners=SASL_SSL://127.0.0.1:$(node_port "$n"),INTERNAL://127.0.0.1:$(internal_port "$n")
 inter.broker.listener.name=INTERNAL
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,INTERNAL:SSL
+listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL,INTERNAL:SSL
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.internal.ssl.client.auth=required
+listener.name.controller.ssl.client.auth=required
 ssl.keystore.type=PKCS12
 ssl.keystore.location=$TLS_DIR/server.p12
 ssl.keystore.password=$(cat "$TLS_DIR/keystore.pass")

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
+import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -236,3 +239,34 @@ def test_wrong_credentials_and_untrusted_certificates_fail_in_one_line_and_lose_
     audit = secured.foodpipe("audit", "--timeout", "120")
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-2000:]
     assert secured.rows() == 50
+
+
+def _answers_kafka(sock: socket.socket) -> bool:
+    """Send an ApiVersions v0 request (correlation id 42); True if a Kafka reply comes."""
+    request = struct.pack(">hhih", 18, 0, 42, 2) + b"fp"
+    try:
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        reply = sock.recv(10)
+    except (OSError, ssl.SSLError):
+        return False
+    return len(reply) >= 8 and struct.unpack(">i", reply[4:8])[0] == 42
+
+
+@pytest.mark.slow
+def test_the_controller_quorum_takes_mutual_tls_only(secured_env: dict[str, str]) -> None:
+    """The broker registered with its controller over mutual TLS (the stack is up); a
+    local process without a certificate of the stack's CA gets no answer from it,
+    neither in plain text nor over TLS."""
+    port = int(secured_env["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]) + 1
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        assert not _answers_kafka(plain)
+    context = ssl.create_default_context(cafile=secured_env["KAFKA_SSL_CA_LOCATION"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        except (OSError, ssl.SSLError):
+            return  # refused during the handshake (TLS 1.2 asks for the certificate there)
+        with tls:
+            # TLS 1.3: the server checks the client's certificate after the handshake,
+            # and its alert arrives on the first read.
+            assert not _answers_kafka(tls)
