@@ -21,7 +21,7 @@ import pytest
 
 from ..support import REPO
 
-SCRIPTS = ["healthcheck.sh", "setup_local.sh", "deploy_aws.sh"]
+SCRIPTS = ["healthcheck.sh", "setup_local.sh", "deploy_aws.sh", "pin_images.sh"]
 
 FAKE_DOCKER = """#!/usr/bin/env bash
 echo "docker $*" >> "$FAKE_LOG"
