@@ -23,6 +23,9 @@ cd "$REPO"
 say() { printf 'pin_images: %s\n' "$*" >&2; }
 die() { say "$1"; exit "${2:-1}"; }
 
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; }
+case ${1:-} in -h | --help) usage; exit 0 ;; esac
+
 ALL=(KAFKA_IMAGE POSTGRES_IMAGE PYTHON_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE)
 if (($#)); then vars=("$@"); else vars=("${ALL[@]}"); fi
 for var in "${vars[@]}"; do
