@@ -192,8 +192,6 @@ class NetworkCase(Fault):
             results=results,
             fast_session=False,
         )
-        self.started_wall = time.time()
-        self.orders_rate = 0.0
         self._assignments_before = 0
         self.rebalances_seen = 0
 
@@ -216,7 +214,6 @@ class NetworkCase(Fault):
             KAFKA_CONSUMER_GROUP=pipe.group,
             ORDER_RATE=str(rate),
         )
-        self.orders_rate = rate
         self.producers.append(ContainerService("producer", self.topology.container("producer")))
         for index in range(1, consumers + 1):
             self.consumers.append(

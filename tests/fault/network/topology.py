@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -319,11 +317,3 @@ class Topology:
         for proxy in proxies_:
             for toxic in self.toxiproxy("GET", f"/proxies/{proxy}/toxics"):
                 self.toxiproxy("DELETE", f"/proxies/{proxy}/toxics/{toxic['name']}")
-
-
-def docker_logs_path(cid: str) -> Path:
-    return Path(inspect(cid)["LogPath"])
-
-
-def subprocess_ok(argv: list[str]) -> bool:
-    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
