@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import text
 
@@ -694,12 +694,24 @@ class Fault:
         # Lag 0 while still running: everything written is committed.
         ends = end_offsets(self.bootstrap, self.pipeline.topic)
         probe = OffsetProbe(self.bootstrap, self.pipeline.group, self.pipeline.topic)
+        seen: dict[int, int] = {}
+
+        def drained() -> bool:
+            # The probe's own OffsetFetch can time out while a coordinator that was just
+            # healed catches up (network case 4): that is no answer yet, not a verdict on
+            # the consumers, so ask again until the deadline, as wait_recovered does.
+            try:
+                seen.update(probe())
+            except KafkaException:
+                return False
+            return all(seen.get(p, 0) >= e for p, e in ends.items())
+
         try:
             wait_until(
-                lambda: all(probe().get(p, 0) >= e for p, e in ends.items()),
+                drained,
                 timeout=drain_timeout,
                 interval=0.1,
-                message=lambda: f"lag 0 (committed {probe()}, log end {ends})",
+                message=lambda: f"lag 0 (committed {seen}, log end {ends})",
             )
         finally:
             probe.close()
