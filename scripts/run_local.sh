@@ -67,8 +67,10 @@ scripts/local_stack.sh start >/dev/null
 # without the owner's URL (the services run as the least-privilege role).
 rm -f "$ENV_FILE"
 (umask 077 && scripts/local_stack.sh env >"$ENV_FILE")
-# .env (if any) may add settings; the stack's addresses win because they are what runs.
-[[ -f .env ]] && grep -v -E '^(KAFKA_BOOTSTRAP_SERVERS|DATABASE_URL|DATABASE_ADMIN_URL)=' .env >>"$ENV_FILE" || true
+# .env (if any) may add settings (its set lines only, not its comments); the stack's
+# addresses win because they are what runs.
+[[ -f .env ]] && grep -E '^[A-Za-z_][A-Za-z0-9_]*=' .env \
+  | grep -v -E '^(KAFKA_BOOTSTRAP_SERVERS|DATABASE_URL|DATABASE_ADMIN_URL)=' >>"$ENV_FILE" || true
 foodpipe() { .venv/bin/foodpipe --env-file "$ENV_FILE" "$@"; }
 
 stop_services # a previous detached run

@@ -13,6 +13,7 @@ import pty
 import queue
 import re
 import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -628,6 +629,11 @@ def tracked_top_level(repo: Path) -> set[str]:
     }
 
 
+#: Scripts that write into the checkout itself rather than into ``.stack``: the shadow
+#: gets copies of them instead of wrappers (README: ``scripts/setup_local.sh --env-only``).
+WRITES_CHECKOUT = frozenset({"setup_local.sh"})
+
+
 def shadow_checkout(target: Path, repo: Path = REPO, stack_dir: Path | None = None) -> Path:
     """A working directory that looks like the repository root to the docs' commands.
 
@@ -648,7 +654,11 @@ def shadow_checkout(target: Path, repo: Path = REPO, stack_dir: Path | None = No
     scripts = target / "scripts"
     scripts.mkdir()
     for script in (repo / "scripts").iterdir():
-        if script.is_file() and os.access(script, os.X_OK):
+        if script.name in WRITES_CHECKOUT:
+            # It writes the checkout's own files (.env, .secrets/): a copy finds the
+            # shadow as its repository, so they stay in ``target``.
+            shutil.copy2(script, scripts / script.name)
+        elif script.is_file() and os.access(script, os.X_OK):
             wrapper = scripts / script.name
             wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(str(script))} "$@"\n')
             wrapper.chmod(0o755)
