@@ -104,6 +104,7 @@ from ..docsexec import (
     Kind,
     Runner,
     Scenario,
+    ShellError,
     ShellSession,
     all_scenarios,
     blocks,
@@ -225,12 +226,27 @@ def test_scenario(
     runner = Runner(session, names, logs, rewrites=rewrites, session_stack=session_stack())
     try:
         runner.run(scenario)
+    except ShellError as exc:
+        # A command that hangs prints nothing; the background jobs' logs say why.
+        raise ShellError(f"{exc}{log_tails(workdir)}") from None
     finally:
         with contextlib.suppress(Exception):  # the shell may be stuck in a failed command
             stop_foreign_stack(runner)
         session.close()
         if scenario.is_fault:
             restore_stack(stack)
+
+
+def log_tails(workdir: Path, lines: int = 15, files: int = 6) -> str:
+    """The last lines of the newest ``*.log`` files the scenario wrote, for a failure."""
+    logs = sorted(workdir.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    parts = []
+    for log in logs[:files]:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(
+            f"\n--- {log.name} (last {len(tail)} lines)\n" + "\n".join(t[:400] for t in tail)
+        )
+    return "".join(parts)
 
 
 def session_stack() -> Path:
