@@ -75,6 +75,9 @@ class BacklogConsumer:
     def commit(self, *, offsets: list[Any], asynchronous: bool) -> list[Any]:
         return offsets
 
+    def committed(self, partitions: list[Any], timeout: float = -1) -> list[Any]:
+        return []  # no committed offsets: nothing to hold the partitions to
+
     def assignment(self) -> list[Any]:
         return self.assigned
 

@@ -6,6 +6,7 @@ effects: the database write, then the DLQ confirmation, then the offset commit.
 
 from __future__ import annotations
 
+import io
 import itertools
 import threading
 from collections.abc import Callable, Sequence
@@ -78,6 +79,10 @@ def msg(partition: int, offset: int, order: Order | None = None, value: bytes | 
 Step = list[Msg] | Callable[[], list[Msg]]
 
 
+def _key(tp: TopicPartition) -> tuple[str, int]:
+    return (tp.topic, tp.partition)
+
+
 @dataclass
 class FakeConsumer:
     """Returns one scripted step per consume() call; stops the service when done."""
@@ -98,6 +103,11 @@ class FakeConsumer:
     pause_survives_rebalance: bool = False
     closed: bool = False
     prefetched: list[Msg] = field(default_factory=list)
+    #: The group's committed offsets as the coordinator answers them (none by default),
+    #: or the exception its OffsetFetch raises.
+    group_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    offsets_error: KafkaException | None = None
+    offset_fetches: list[set[int]] = field(default_factory=list)
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.callbacks = callbacks
@@ -162,6 +172,17 @@ class FakeConsumer:
         while self.reports and not self.coordinator_silent:
             error, offsets = self.reports.pop(0)
             self.service.on_commit(error, offsets)
+
+    def committed(
+        self, partitions: list[TopicPartition], timeout: float = -1
+    ) -> list[TopicPartition]:
+        self.offset_fetches.append({tp.partition for tp in partitions})
+        if self.offsets_error is not None:
+            raise self.offsets_error
+        return [
+            TopicPartition(tp.topic, tp.partition, self.group_offsets.get(_key(tp), -1001))
+            for tp in partitions
+        ]
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self.assigned]
@@ -544,6 +565,54 @@ def test_a_partition_assigned_while_waiting_is_paused_and_its_messages_kept(h: H
     assert h.of("commit") == [("commit", {(0, 1)}), ("commit", {(1, 1)})]
 
 
+def test_a_stale_start_below_the_groups_committed_offset_is_skipped_not_recommitted(
+    h: Harness,
+) -> None:
+    # tests/fault/network case 5: partition 0 came back to a member that had owned it
+    # before, and the client started it at offset 0 although the group had committed 8215.
+    h.consumer.group_offsets = {(TOPIC, 0): 8215}
+    h.consumer.steps = [
+        [msg(0, 0, value=b"x"), msg(0, 1, valid_order(1)), msg(1, 3, valid_order(2))],
+        [msg(0, 8214, valid_order(3)), msg(0, 8215, valid_order(4))],
+    ]
+    h.run()
+    assert h.consumer.offset_fetches == [{0, 1, 2}]
+    # Nothing below 8215 is written, dead-lettered or committed; the rest goes on as usual.
+    assert h.of("write") == [("write", ["ORD-20250110-00002"]), ("write", ["ORD-20250110-00004"])]
+    assert h.of("dlq") == []
+    assert h.of("commit") == [("commit", {(1, 4)}), ("commit", {(0, 8216)})]
+    assert h.service.stats.skipped_committed == 3
+    assert h.service.stats.consumed == 2
+
+
+def test_without_the_committed_offsets_the_partitions_are_consumed_unguarded() -> None:
+    out = io.StringIO()
+    configure_logging("INFO", "json", stream=out)
+    h = make_harness()
+    h.consumer.offsets_error = KafkaException(KafkaError(KafkaError._TIMED_OUT))
+    h.consumer.steps = [[msg(0, 0, valid_order(1))]]
+    h.run()
+    assert h.of("commit") == [("commit", {(0, 1)})]
+    assert "could not read the committed offsets" in out.getvalue()
+
+
+def test_the_floor_goes_with_the_partition(h: Harness) -> None:
+    # Revoked, then the group's offset is reset (an operator replays): the next
+    # assignment reads the floor afresh rather than keeping the old one.
+    h.consumer.group_offsets = {(TOPIC, 0): 50}
+
+    def revoke_reset_assign() -> list[Msg]:
+        h.consumer.revoke([(TOPIC, 0)])
+        h.consumer.group_offsets = {(TOPIC, 0): 0}
+        h.consumer.assign([(TOPIC, 0)])
+        return [msg(0, 0, valid_order(2))]
+
+    h.consumer.steps = [[msg(0, 50, valid_order(1))], revoke_reset_assign]
+    h.run()
+    assert h.of("write") == [("write", ["ORD-20250110-00001"]), ("write", ["ORD-20250110-00002"])]
+    assert h.service.stats.skipped_committed == 0
+
+
 # ----------------------------------------------------------------------------- offset commits
 
 
@@ -654,6 +723,42 @@ def test_revoke_with_two_batches_in_flight_commits_the_written_drops_the_rest(
     ]
     assert "ORD-20250110-00002" not in h.writer.stored
     assert h.service.stats.dropped_on_revoke == 1
+
+
+def test_a_batch_validated_before_its_partition_came_back_is_held_to_the_new_floor(
+    h: Harness,
+) -> None:
+    # Batch 1 fails on the database; batch 2 (partition 0 at offset 11) is validated
+    # meanwhile. During the retry partition 0 goes to another member, which gets to 500,
+    # and comes back. Committing 12 for batch 2 would move the group back by 488.
+    held = HeldWrite(h, [msg(0, 11, valid_order(3)), msg(1, 1, valid_order(4))])
+    h.writer.on_write = held
+    h.writer.failures = [transient()]
+
+    def release() -> list[Msg]:
+        held.both_in_flight()
+        held.release.set()
+        return []
+
+    def away_and_back() -> None:
+        h.consumer.revoke([(TOPIC, 0)])
+        h.consumer.group_offsets = {(TOPIC, 0): 500}
+        h.consumer.assign([(TOPIC, 0)])
+
+    h.consumer.poll_steps = [lambda: (away_and_back(), None)[1]]
+    h.consumer.steps = [
+        [msg(0, 10, valid_order(1)), msg(1, 0, valid_order(2))],
+        release,
+        [msg(0, 500, valid_order(5))],
+    ]
+    h.run()
+    assert h.of("write") == [
+        ("write", ["ORD-20250110-00002"]),  # batch 1 again, without the revoked partition
+        ("write", ["ORD-20250110-00004"]),  # batch 2, held to the new floor
+        ("write", ["ORD-20250110-00005"]),
+    ]
+    assert [o for e in h.of("commit") for p, o in e[1] if p == 0] == [501]
+    assert h.service.stats.skipped_committed == 1
 
 
 def test_lost_with_two_batches_in_flight_commits_nothing_for_the_lost_partition(

@@ -43,6 +43,7 @@ class ConsumerStats:
     rebalances: int = 0  # assign / revoke / lost callbacks
     dropped_on_revoke: int = 0  # unwritten messages given back to the group on revoke or lost
     abandoned: int = 0  # unwritten messages left for redelivery at shutdown
+    skipped_committed: int = 0  # messages below the group's committed offset (stored already)
     _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_LATENCY_SAMPLES))
     _window_start: float = field(default=0.0)
     _window_written: int = 0
@@ -76,6 +77,7 @@ class ConsumerStats:
             "db_retries": self.db_retries,
             "commit_failures": self.commit_failures,
             "rebalances": self.rebalances,
+            "skipped_committed": self.skipped_committed,
             "rate_per_s": round((self.written - self._window_written) / elapsed, 1),
             "window_batches": len(latencies),
             "batch_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
