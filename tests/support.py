@@ -7,6 +7,7 @@ fails with a message that says what was expected.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,13 @@ T = TypeVar("T")
 
 class WaitTimeout(AssertionError):
     pass
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_until(

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO, wait_until
+from tests.support import REPO, free_port, wait_until
 
 #: The front end the user's own words name; Compose v2 (`docker compose`) is run too
 #: where it is installed (see test_compose_v2.py).
@@ -87,12 +86,6 @@ def engine_and_images() -> dict[str, str]:
     return dict(
         line.split("=", 1) for line in built.stdout.splitlines() if re.match(r"^[A-Z_]+=", line)
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tracked_files() -> list[str]:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, wait_until
+from tests.support import REPO, free_port, wait_until
 
-from .harness import Checkout, free_port, inspect, run, wait_healthy
+from .harness import Checkout, inspect, run, wait_healthy
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from ..compose_support import COMPOSE_FILES, example_env, load_compose
 from ..conftest import Stack
+from ..support import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the probe is bash")
 
@@ -62,14 +63,8 @@ def test_postgresql_is_not_a_broker(stack: Stack) -> None:
     assert _run(port) != 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_closed_port_is_unhealthy() -> None:
-    assert _run(_free_port()) != 0
+    assert _run(free_port()) != 0
 
 
 @contextmanager

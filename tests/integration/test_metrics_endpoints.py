@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -30,16 +29,9 @@ from foodpipe.producer.service import OrderProducer
 from foodpipe.producer.stats import ProducerStats
 from tests.conftest import Pipeline
 from tests.poison import POISON, produce_records, record, valid_order
-from tests.support import end_offsets, spawn_foodpipe, stop_process, wait_until
+from tests.support import end_offsets, free_port, spawn_foodpipe, stop_process, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def get(url: str) -> tuple[int, str]:

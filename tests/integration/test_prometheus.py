@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from tests.conftest import Pipeline
-from tests.integration.test_metrics_endpoints import free_port, ready
-from tests.support import REPO, spawn_foodpipe, stop_process, wait_until
+from tests.integration.test_metrics_endpoints import ready
+from tests.support import REPO, free_port, spawn_foodpipe, stop_process, wait_until
 
 RULES = REPO / "deploy" / "monitoring" / "alerts.yml"
 #: Orders/s while the consumer is stopped: lag passes 1000 in about 3 s.

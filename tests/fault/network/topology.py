@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from tests.docker.harness import Checkout, free_port, inspect, run, wait_healthy
-from tests.support import wait_until
+from tests.docker.harness import Checkout, inspect, run, wait_healthy
+from tests.support import free_port, wait_until
 
 BROKERS = ("kafka", "kafka2", "kafka3")
 #: The proxy's port for each broker's CLIENT listener, and for PostgreSQL.
