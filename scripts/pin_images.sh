@@ -39,16 +39,6 @@ default_of() {
   grep -ho "\${$1:-[^}]*}" docker-compose.yml | head -n 1 | sed "s/^\${$1:-//; s/}\$//"
 }
 
-# repository part of a reference, as Docker lists it in RepoDigests (Docker Hub's
-# docker.io/ and library/ prefixes dropped).
-repository_of() {
-  local ref=$1 last
-  last=${ref##*/}
-  [[ $last == *:* ]] && ref=${ref%:*}
-  ref=${ref#docker.io/}
-  echo "${ref#library/}"
-}
-
 # set_var NAME VALUE: replace NAME's line in .env, or append it; .env keeps its mode.
 set_var() {
   local name=$1 value=$2 tmp
@@ -71,11 +61,13 @@ for var in "${vars[@]}"; do
   [[ -n $current ]] || current=$(default_of "$var")
   [[ -n $current ]] || die "$var: no value in .env and no default in docker-compose.yml"
   ref=${current%%@*} # name:tag, without the digest an earlier run added
-  last=${ref##*/}
-  [[ $last == *:* ]] || ref="$ref:latest"
+  [[ ${ref##*/} == *:* ]] || ref="$ref:latest"
+  # The name as RepoDigests spells it: without the tag and Docker Hub's default prefixes.
+  repository=${ref%:*}
+  repository=${repository#docker.io/}
+  repository=${repository#library/}
   docker pull -q "$ref" >/dev/null 2>"$errors" \
     || die "$var: cannot pull $ref ($(tail -n 1 "$errors")); check the name and the registry" 3
-  repository=$(repository_of "$ref")
   digest=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$ref" \
     | awk -F@ -v r="$repository" '$1 == r || $1 == "docker.io/" r || $1 == "docker.io/library/" r { print $2; exit }')
   [[ $digest == sha256:* ]] || die "$var: the registry gave $ref no digest" 3
