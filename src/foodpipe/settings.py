@@ -353,8 +353,10 @@ class Settings(BaseSettings):
             raise ValueError("POSTGRES_SSLCERT and POSTGRES_SSLKEY go together")
         wanted = self._tls_query()
         urls = {"DATABASE_URL": self.database_url, "DATABASE_ADMIN_URL": self.database_admin_url}
+        if not wanted:
+            urls = {}  # nothing set through POSTGRES_SSL*: the URLs alone decide
         for name, secret in urls.items():
-            if secret is None or not wanted:
+            if secret is None:
                 continue
             query = make_url(secret.get_secret_value()).query
             for key, value in wanted.items():
