@@ -593,32 +593,52 @@ class Fault:
         """
         assert self._cleared is not None, "call cleared() when the fault ends"
         since, ends = self._cleared
-        probe = OffsetProbe(self.bootstrap, self.pipeline.group, self.pipeline.topic)
-
-        def caught_up() -> bool:
-            if supervise is not None:
-                supervise()
-            try:
-                committed = probe()
-            except Exception:
-                return False
-            return all(committed.get(p, 0) >= end for p, end in ends.items())
-
-        try:
-            wait_until(
-                caught_up,
-                timeout=timeout,
-                interval=0.1,
-                message=lambda: (
-                    f"the group to commit the backlog {ends} after the fault" + self.diagnostics()
-                ),
-            )
-        finally:
-            probe.close()
+        self.wait_committed(
+            ends,
+            timeout=timeout,
+            what="the group to commit the backlog after the fault",
+            supervise=supervise,
+        )
         seconds = time.monotonic() - since
         self.recoveries.append(seconds)
         self._cleared = None
         return seconds
+
+    def wait_committed(
+        self,
+        ends: dict[int, int],
+        *,
+        timeout: float,
+        what: str,
+        supervise: Callable[[], None] | None = None,
+    ) -> None:
+        """Wait until the group's committed offsets reach ``ends`` (partition -> offset).
+
+        The probe's own OffsetFetch can time out while a coordinator that was just healed
+        catches up (network case 4): that is no answer yet, not a verdict on the
+        consumers, so it asks again until the deadline. ``supervise`` runs at every poll.
+        """
+        probe = OffsetProbe(self.bootstrap, self.pipeline.group, self.pipeline.topic)
+        seen: dict[int, int] = {}
+
+        def reached() -> bool:
+            if supervise is not None:
+                supervise()
+            try:
+                seen.update(probe())
+            except KafkaException:
+                return False
+            return all(seen.get(p, 0) >= end for p, end in ends.items())
+
+        try:
+            wait_until(
+                reached,
+                timeout=timeout,
+                interval=0.1,
+                message=lambda: f"{what} (committed {seen}, log end {ends})" + self.diagnostics(),
+            )
+        finally:
+            probe.close()
 
     def diagnostics(self) -> str:
         """What each live process is doing, for a failure message."""
@@ -693,28 +713,7 @@ class Fault:
         self.wait_rows(valid_expected, timeout=drain_timeout)
         # Lag 0 while still running: everything written is committed.
         ends = end_offsets(self.bootstrap, self.pipeline.topic)
-        probe = OffsetProbe(self.bootstrap, self.pipeline.group, self.pipeline.topic)
-        seen: dict[int, int] = {}
-
-        def drained() -> bool:
-            # The probe's own OffsetFetch can time out while a coordinator that was just
-            # healed catches up (network case 4): that is no answer yet, not a verdict on
-            # the consumers, so ask again until the deadline, as wait_recovered does.
-            try:
-                seen.update(probe())
-            except KafkaException:
-                return False
-            return all(seen.get(p, 0) >= e for p, e in ends.items())
-
-        try:
-            wait_until(
-                drained,
-                timeout=drain_timeout,
-                interval=0.1,
-                message=lambda: f"lag 0 (committed {seen}, log end {ends})",
-            )
-        finally:
-            probe.close()
+        self.wait_committed(ends, timeout=drain_timeout, what="lag 0")
         if stop:
             self.stop_consumers()
         self.offsets.stop()
