@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from foodpipe.audit import AuditReport
 from foodpipe.cli import COMMANDS, build_parser
 from foodpipe.commands.argtypes import host
-from foodpipe.commands.dashboard import allowed_hosts
+from foodpipe.commands.dashboard import allowed_hosts, allowed_name
 from foodpipe.commands.status import DatabaseState, Snapshot
 from foodpipe.dashboard.app import INTERNAL_ERROR, STATIC, answered, create_app
 from foodpipe.dashboard.collector import one_line
@@ -236,11 +236,38 @@ def test_host_refuses_what_cannot_be_listened_on(text: str) -> None:
         host(text)
 
 
-def test_only_loopback_names_are_answered_unless_listening_everywhere() -> None:
-    assert allowed_hosts("127.0.0.1") == ["127.0.0.1", "[::1]", "localhost"]
+def test_only_loopback_names_and_the_allowed_ones_are_answered() -> None:
+    loopback = ["127.0.0.1", "[::1]", "localhost"]
+    assert allowed_hosts("127.0.0.1") == loopback
     assert "dash.local" in allowed_hosts("dash.local")
-    assert allowed_hosts("0.0.0.0") == ["*"]  # noqa: S104
-    assert allowed_hosts("::") == ["*"]
+    # Listening everywhere (a container whose port Compose publishes on 127.0.0.1) says
+    # nothing about the names the page is opened by: still the loopback names only.
+    assert allowed_hosts("0.0.0.0") == loopback  # noqa: S104
+    assert allowed_hosts("::") == loopback
+    everywhere = "0.0.0.0"  # noqa: S104
+    with_name = allowed_hosts(everywhere, ["dash.example"])
+    assert with_name == ["127.0.0.1", "[::1]", "dash.example", "localhost"]
+    assert allowed_hosts("0.0.0.0", ["*"]) == ["*"]  # noqa: S104
+
+
+def test_allow_host_takes_names_addresses_and_the_wildcard_only() -> None:
+    assert allowed_name("*") == "*"
+    assert allowed_name("dash.example") == "dash.example"
+    with pytest.raises(argparse.ArgumentTypeError):
+        allowed_name("*.example")
+
+
+def test_a_rebinding_page_cannot_read_a_dashboard_that_listens_everywhere() -> None:
+    app = create_app(
+        FakeReadings(),
+        interval_s=0.05,
+        business_interval_s=0.05,
+        allowed_hosts=allowed_hosts("0.0.0.0"),  # noqa: S104
+    )
+    with TestClient(app, base_url="http://127.0.0.1:8050", raise_server_exceptions=False) as c:
+        assert c.get("/api/pipeline", headers={"host": "rebound.example:8050"}).status_code == 400
+        assert c.get("/favicon.ico", headers={"host": "localhost:8050"}).status_code == 204
+        assert c.get("/favicon.ico", headers={"host": "127.0.0.1:8050"}).status_code == 204
 
 
 # ------------------------------------------------------------------- static files

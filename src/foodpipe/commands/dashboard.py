@@ -15,6 +15,7 @@ import argparse
 import ipaddress
 import signal
 import sys
+from collections.abc import Sequence
 
 import uvicorn
 from confluent_kafka.admin import AdminClient
@@ -44,6 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=whole(1, 65535), default=8050, help="port to listen on (default 8050)"
     )
     parser.add_argument(
+        "--allow-host",
+        type=allowed_name,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the page may be opened by (the browser's Host header) besides"
+        " 127.0.0.1, localhost and --host; repeatable; '*' allows any (only behind a proxy"
+        " that checks names)",
+    )
+    parser.add_argument(
         "--interval",
         type=number(above=0),
         default=2.0,
@@ -66,18 +77,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def allowed_hosts(listen: str) -> list[str]:
-    """Host headers to answer: the loopback names, or any when listening everywhere.
+def allowed_name(text: str) -> str:
+    """``--allow-host``: a host name, an IP address, or ``*``."""
+    return text if text == "*" else host(text)
 
-    Refusing other names on a loopback listener stops DNS rebinding: a web page whose
-    name resolves to 127.0.0.1 cannot read the dashboard through the visitor's browser.
+
+def allowed_hosts(listen: str, extra: Sequence[str] = ()) -> list[str]:
+    """Host headers to answer: the loopback names, ``listen`` and ``extra``.
+
+    Refusing other names stops DNS rebinding: a web page whose name resolves to
+    127.0.0.1 cannot read the dashboard through the visitor's browser. That holds for a
+    listener on every interface too (``0.0.0.0`` in a container, whose port Compose
+    publishes on the host's 127.0.0.1): the address one listens on says nothing about
+    the names one is reached by, so those are ``extra`` (``--allow-host``).
     """
+    if "*" in extra:
+        return ["*"]
+    names = {"127.0.0.1", "localhost", "[::1]", *extra}
     try:
-        if ipaddress.ip_address(listen).is_unspecified:
-            return ["*"]
+        if not ipaddress.ip_address(listen).is_unspecified:
+            names.add(listen)
     except ValueError:
-        pass
-    return sorted({listen, "127.0.0.1", "localhost", "[::1]"})
+        names.add(listen)
+    return sorted(names)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,7 +111,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         collector,
         interval_s=args.interval,
         business_interval_s=args.business_interval,
-        allowed_hosts=allowed_hosts(args.host),
+        allowed_hosts=allowed_hosts(args.host, args.allow_host),
     )
     get_logger("dashboard").info(
         "dashboard_listening", url=f"http://{args.host}:{args.port}/", topic=settings.kafka_topic
