@@ -154,6 +154,18 @@ def read_topic(
     return records
 
 
+#: OffsetFetch errors that mean "the group's coordinator is moving or busy", not "wrong".
+_COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition of ``topic`` (missing: none committed)."""
     consumer = Consumer(
@@ -296,15 +308,30 @@ def check_invariants(
     # 4. lag 0 first: the rest is only meaningful once the consumer has caught up.
     ends = end_offsets(bootstrap, topic)
 
+    unanswered: list[str] = []
+
     def caught_up() -> bool:
-        report.committed = committed_offsets(bootstrap, group, topic)
+        try:
+            report.committed = committed_offsets(bootstrap, group, topic)
+        except KafkaException as exc:
+            # The group's coordinator may still be moving after a fault (network case 4:
+            # NOT_COORDINATOR right after the quorum was healed): no answer yet, ask again
+            # until the deadline. Any other error is a verdict.
+            error = exc.args[0] if exc.args else None
+            if not isinstance(error, KafkaError) or error.code() not in _COORDINATOR_MOVING:
+                raise
+            unanswered.append(error.str())
+            return False
         return all(report.committed.get(p, 0) >= end for p, end in ends.items())
 
     wait_until(
         caught_up,
         timeout=lag_timeout,
         interval=0.2,
-        message=lambda: f"lag 0: committed {report.committed} == log end {ends}",
+        message=lambda: (
+            f"lag 0: committed {report.committed} == log end {ends}"
+            + (f" (last OffsetFetch error: {unanswered[-1]})" if unanswered else "")
+        ),
     )
     assert report.committed == {p: end for p, end in ends.items() if end > 0}, (
         f"committed offsets {report.committed} differ from the log end {ends}"
