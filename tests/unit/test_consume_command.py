@@ -34,6 +34,7 @@ def test_a_wedged_client_is_left_behind_with_os_exit_3(
         raise SystemExit(code)
 
     monkeypatch.setattr(consume, "ConsumerApp", _WedgedApp)
+    monkeypatch.setattr(consume, "tune_for_throughput", lambda: None)  # keep pytest's GC
     monkeypatch.setattr(consume.signal, "signal", lambda *_args: None)  # keep pytest's
     monkeypatch.setattr(consume.os, "_exit", fake_exit)
     with pytest.raises(SystemExit):
@@ -45,3 +46,21 @@ def test_a_wedged_client_is_left_behind_with_os_exit_3(
         err
         == "foodpipe: this member lost its partitions 61s ago and the group never took it back\n"
     )
+
+
+def test_the_interpreter_is_tuned_once_before_the_loop_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    class _App(_WedgedApp):
+        def run(self) -> int:
+            calls.append("run")
+            return 0
+
+    monkeypatch.setattr(consume, "ConsumerApp", _App)
+    monkeypatch.setattr(consume.signal, "signal", lambda *_args: None)
+    monkeypatch.setattr(consume, "tune_for_throughput", lambda: calls.append("tune"))
+
+    assert consume.run(argparse.Namespace(wait=1.0), settings=None) == 0  # type: ignore[arg-type]
+    assert calls == ["tune", "run"]

@@ -17,6 +17,7 @@ from foodpipe.commands.argtypes import number
 from foodpipe.consumer.app import ConsumerApp
 from foodpipe.errors import MembershipLost
 from foodpipe.log import scrub
+from foodpipe.runtime import tune_for_throughput
 from foodpipe.settings import Settings
 
 
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Everything imported and configured by now: freeze it (see foodpipe.runtime).
+    tune_for_throughput()
     try:
         return app.run()
     except MembershipLost as exc:
