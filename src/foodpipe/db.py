@@ -289,7 +289,17 @@ class OrderWriter:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def write(self, batch: Sequence[Order]) -> WriteResult:
+    @staticmethod
+    def prepare(batch: Sequence[Order]) -> str:
+        """``batch`` as the insert's parameter (:func:`batch_json`), for :meth:`write`.
+
+        The consumer calls it on its own thread while the previous batch is written, so
+        the writer thread does not serialise while holding the GIL the loop needs.
+        """
+        return batch_json(batch)
+
+    def write(self, batch: Sequence[Order], prepared: str | None = None) -> WriteResult:
+        """Write ``batch``; ``prepared`` is :meth:`prepare` of exactly this batch, if made."""
         if not batch:
             return WriteResult()
         # Almost every batch is accepted whole, so the first attempt runs without the
@@ -297,11 +307,13 @@ class OrderWriter:
         # transaction (rolled back, nothing written) and the batch is written again with
         # savepoints, bisecting around the refused rows.
         try:
-            return self._write(batch, isolate=False)
+            return self._write(batch, isolate=False, prepared=prepared)
         except _IsolationNeeded:
             return self._write(batch, isolate=True)
 
-    def _write(self, batch: Sequence[Order], *, isolate: bool) -> WriteResult:
+    def _write(
+        self, batch: Sequence[Order], *, isolate: bool, prepared: str | None = None
+    ) -> WriteResult:
         result = WriteResult()
         with self._engine.begin() as conn:
             todo = list(range(len(batch)))
@@ -309,10 +321,14 @@ class OrderWriter:
                 first_pos, repeat_pos = dedupe([batch[i].order_id for i in todo])
                 firsts = [todo[p] for p in first_pos]
                 repeats = [todo[p] for p in repeat_pos]
+                # The prepared text holds the whole batch: usable only while that is
+                # what goes in (no repeats taken out, first pass).
+                whole = prepared if len(firsts) == len(batch) else None
+                prepared = None
                 if isolate:
                     inserted, rejected = self._insert_isolating(conn, batch, firsts)
                 else:
-                    inserted, rejected = self._insert_or_give_up(conn, batch, firsts), {}
+                    inserted, rejected = self._insert_or_give_up(conn, batch, firsts, whole), {}
                 result.inserted.extend(inserted)
                 result.rejected.update(rejected)
                 written = set(inserted)
@@ -331,10 +347,10 @@ class OrderWriter:
         return result
 
     def _insert_or_give_up(
-        self, conn: Connection, batch: Sequence[Order], indexes: list[int]
+        self, conn: Connection, batch: Sequence[Order], indexes: list[int], payload: str | None
     ) -> list[int]:
         try:
-            return self._insert(conn, batch, indexes)
+            return self._insert(conn, batch, indexes, payload)
         except DBAPIError as exc:
             if _is_row_error(exc):
                 raise _IsolationNeeded from exc
@@ -360,12 +376,15 @@ class OrderWriter:
         return left_in + right_in, {**left_out, **right_out}
 
     @staticmethod
-    def _insert(conn: Connection, batch: Sequence[Order], indexes: list[int]) -> list[int]:
+    def _insert(
+        conn: Connection, batch: Sequence[Order], indexes: list[int], payload: str | None = None
+    ) -> list[int]:
         # On the transaction's own DBAPI connection: one round trip, no SQLAlchemy
         # statement compilation on the hot path.
         dbapi_connection = conn.connection.dbapi_connection
         assert dbapi_connection is not None
-        payload = batch_json([batch[i] for i in indexes])
+        if payload is None:
+            payload = batch_json([batch[i] for i in indexes])
         with _as_sqlalchemy_errors(conn), closing(dbapi_connection.cursor()) as cursor:
             cursor.execute(_INSERT_SQL, (payload,))
             new_ids = {row[0] for row in cursor.fetchall()}

@@ -41,12 +41,19 @@ the next batch (see "Two batches in flight" below):
 Two batches in flight
 ---------------------
 While the writer thread writes batch n (psycopg2 releases the GIL while PostgreSQL
-works), the loop polls and validates batch n+1. The hand-off has depth one: batch n+1
-is handed over only after batch n's outcome is folded in on the loop's thread (rows
-settled, poison dead-lettered and confirmed, offsets recorded and committed). Hence:
+works), the loop polls and validates batch n+1 and serialises its rows for the INSERT.
+The hand-off has depth one: batch n+1 is handed over only once batch n's transaction
+has committed, and then at once, so the database never waits for the loop's
+bookkeeping; batch n's outcome is folded in on the loop's thread while n+1 is written
+(rows settled, poison dead-lettered and confirmed, offsets recorded and committed), and
+n+1's outcome is folded in only after that. Hence:
 
 - offsets are committed in order per partition, and only after their batch's DB commit;
 - at most two batches are in memory (8 MiB each at most);
+- batch n+1 is handed over without a new ownership check when no rebalance callback ran
+  since it was validated (the wait for a successful write calls neither ``consume()``
+  nor ``poll()``, so none can have); after a database retry, which polls, it is held
+  to the partitions still owned and to their floors first;
 - Kafka and the DLQ producer are only touched by the loop's thread; the writer thread
   only runs :meth:`~foodpipe.db.OrderWriter.write`, and its exception is re-raised on
   the loop's thread, where it is classified exactly as before (the retries then run on
@@ -169,7 +176,11 @@ class ConsumerLike(Protocol):
 
 
 class WriterLike(Protocol):
-    def write(self, batch: Sequence[Order]) -> WriteResult: ...
+    def prepare(self, batch: Sequence[Order]) -> str:
+        """The batch in the form ``write`` sends (serialised on the loop's thread)."""
+        ...
+
+    def write(self, batch: Sequence[Order], prepared: str | None = None) -> WriteResult: ...
 
 
 class DeadLetterLike(Protocol):
@@ -245,6 +256,19 @@ class Entry:
     @property
     def partition_key(self) -> PartitionKey:
         return _msg_key(self.message)
+
+
+@dataclass
+class _Next:
+    """A validated batch waiting for the one on the writer thread to be written."""
+
+    entries: list[Entry]
+    started: float
+    #: ``WriterLike.prepare`` of its valid orders, made while the previous batch was written.
+    prepared: str | None
+    #: ``stats.rebalances`` when it was validated: any callback since changes it.
+    rebalances: int
+    handed_over: bool = False
 
 
 @dataclass
@@ -445,28 +469,47 @@ class ConsumerService:
 
     def _process(self, messages: list[KafkaMessage]) -> None:
         started = self._clock()
-        # Validated while the writer thread writes the previous batch.
+        rebalances = self.stats.rebalances
+        # Validated, and serialised for the INSERT, while the writer thread writes the
+        # previous batch: the writer thread then spends its time in PostgreSQL, not
+        # waiting for the GIL that this thread holds while it validates.
         entries = self._decode(messages)
-        # The previous batch's outcome is folded in (and its offsets committed) before this
-        # one is handed over: batches are written, and offsets committed, in order.
-        if not self._finish_write(waiting=len(entries)):
+        orders = [e.order for e in entries if e.order is not None]
+        prepared = self._writer.prepare(orders) if orders else None
+        following = _Next(entries, started, prepared, rebalances)
+        # Batches are written, and offsets committed, in order: this one is handed over
+        # once the previous one's transaction has committed (see _finish_write).
+        if not self._finish_write(waiting=len(entries), following=following):
             # Stopping with the previous batch unwritten: this one must not be written and
             # committed past it (its offsets would cover the unwritten messages).
             self.stats.abandoned += len(entries)
             return
-        # A revoke while we waited may have taken some of these partitions away, or taken
-        # and given them back with a new floor (another member went further meanwhile).
-        owned = [e for e in entries if e.partition_key in self._assigned]
-        self.stats.dropped_on_revoke += len(entries) - len(owned)
-        owned = [e for e in owned if not self._below_floor(e.message)]
-        if owned:
-            self._start_write(owned, started)
+        if not following.handed_over:  # nothing was being written
+            self._hand_over(following)
 
-    def _start_write(self, entries: list[Entry], started: float) -> None:
+    def _hand_over(self, following: _Next) -> None:
+        """Start writing ``following`` on the writer thread (no write may be in flight)."""
+        following.handed_over = True
+        entries, prepared = following.entries, following.prepared
+        if self.stats.rebalances != following.rebalances:
+            # A rebalance since it was validated (during a database retry, which polls)
+            # may have taken some of these partitions away, or taken and given them back
+            # with a new floor (another member went further meanwhile).
+            owned = [e for e in entries if e.partition_key in self._assigned]
+            self.stats.dropped_on_revoke += len(entries) - len(owned)
+            owned = [e for e in owned if not self._below_floor(e.message)]
+            if len(owned) != len(entries):
+                entries, prepared = owned, None  # the writer serialises what is left
+        if entries:
+            self._start_write(entries, following.started, prepared)
+
+    def _start_write(self, entries: list[Entry], started: float, prepared: str | None) -> None:
         valid = [e for e in entries if e.order is not None]
         future: Future[WriteResult]
         if valid:
-            future = self._executor.submit(self._writer.write, [e.order for e in valid if e.order])
+            future = self._executor.submit(
+                self._writer.write, [e.order for e in valid if e.order], prepared
+            )
         else:
             # Poison only: nothing to write, but its dead letters and offsets still wait
             # for the batches before it.
@@ -474,11 +517,14 @@ class ConsumerService:
             future.set_result(WriteResult())
         self._write = _Write(entries, valid, future, started)
 
-    def _finish_write(self, *, in_callback: bool = False, waiting: int = 0) -> bool:
+    def _finish_write(
+        self, *, in_callback: bool = False, waiting: int = 0, following: _Next | None = None
+    ) -> bool:
         """Wait for the batch being written and fold its outcome in.
 
-        Success: settle the rows, dead-letter the poison, record the offsets and (unless
-        called from a rebalance callback, which commits for itself) commit them. Failure:
+        Success: hand ``following`` (the next batch) to the writer thread at once, then
+        settle the rows, dead-letter the poison, record the offsets and (unless called
+        from a rebalance callback, which commits for itself) commit them. Failure:
         retry the same batch with backoff, partitions paused (see ``_write_with_retry``);
         from a rebalance callback, leave the failure to the loop, which retries whatever
         is left of the batch. False when a stop abandoned the batch unwritten.
@@ -507,6 +553,10 @@ class ConsumerService:
         written_entries, result = outcome
         write.settled = True
         self._write = None
+        if following is not None:
+            # Its transaction has committed: the next batch may go. Only its offsets, and
+            # only after this batch's below, are committed once it is written.
+            self._hand_over(following)
         self._settle(written_entries, result)
         # Only the entries of partitions still ours: a revoke or a loss removed the others
         # from write.entries, and their next owner reads them again.
