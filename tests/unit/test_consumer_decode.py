@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from foodpipe import models
 from foodpipe.consumer.classify import ErrorClass
 from foodpipe.consumer.decode import MAX_REASON_CHARS, MAX_VALUE_BYTES, decode
 from foodpipe.errors import PoisonMessage
@@ -187,3 +188,26 @@ def test_schema_evolution_cases_of_the_docs(
         decode(key, value)
     assert caught.value.error_class == ErrorClass.SCHEMA_VIOLATION
     assert caught.value.reason.startswith(reason)
+
+
+def test_a_date_part_found_valid_is_remembered_and_an_invalid_one_never() -> None:
+    for _ in range(2):  # the second time from the remembered days
+        assert decode(*record(valid_order(1))).order_id == "ORD-20250110-00001"
+    assert "20250110" in models._REAL_DAYS
+    data = order_dict(1)
+    data["order_id"] = "ORD-20250230-00001"
+    for _ in range(2):
+        assert poison_class(b"CUST-00002", json.dumps(data).encode()) == (
+            ErrorClass.SCHEMA_VIOLATION
+        )
+    assert "20250230" not in models._REAL_DAYS
+
+
+def test_the_remembered_date_parts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "_REAL_DAYS", set())
+    monkeypatch.setattr(models, "_REAL_DAYS_MAX", 2)
+    for day in ("20250101", "20250102", "20250103"):
+        data = order_dict(1)
+        data["order_id"] = f"ORD-{day}-00001"
+        assert decode(b"CUST-00002", json.dumps(data).encode()).order_id.startswith(f"ORD-{day}")
+    assert sorted(models._REAL_DAYS) == ["20250101", "20250102"]

@@ -250,12 +250,12 @@ class Entry:
     """One message of the batch in flight and what decoding made of it."""
 
     message: KafkaMessage
+    #: ``(topic, partition)`` of the message, read once: every later step needs it.
+    partition_key: PartitionKey
+    #: Its offset, likewise.
+    offset: int
     order: Order | None = None
     poison: PoisonMessage | None = None
-
-    @property
-    def partition_key(self) -> PartitionKey:
-        return _msg_key(self.message)
 
 
 @dataclass
@@ -497,7 +497,7 @@ class ConsumerService:
             # with a new floor (another member went further meanwhile).
             owned = [e for e in entries if e.partition_key in self._assigned]
             self.stats.dropped_on_revoke += len(entries) - len(owned)
-            owned = [e for e in owned if not self._below_floor(e.message)]
+            owned = [e for e in owned if not self._below_floor(e.partition_key, e.offset)]
             if len(owned) != len(entries):
                 entries, prepared = owned, None  # the writer serialises what is left
         if entries:
@@ -561,10 +561,11 @@ class ConsumerService:
         # Only the entries of partitions still ours: a revoke or a loss removed the others
         # from write.entries, and their next owner reads them again.
         self._dead_letter([e for e in write.entries if e.poison is not None])
+        pending = self._pending
         for entry in write.entries:
-            key = entry.partition_key
-            offset = int(entry.message.offset() or 0) + 1
-            self._pending[key] = max(self._pending.get(key, 0), offset)
+            key, offset = entry.partition_key, entry.offset + 1
+            if offset > pending.get(key, 0):
+                pending[key] = offset
         if self._after_db_commit is not None:
             self._after_db_commit()  # rows and dead letters are committed, offsets are not
         if not in_callback:
@@ -586,11 +587,13 @@ class ConsumerService:
                 # Fetched before a revoke; its new owner reads it from the committed offset.
                 self.stats.dropped_on_revoke += 1
                 continue
-            if self._below_floor(message):
+            offset = message.offset() or 0
+            if self._below_floor(key, offset):
                 continue
             self.stats.consumed += 1
             try:
-                entries.append(Entry(message, order=decode(message.key(), message.value())))
+                order = decode(message.key(), message.value())
+                entries.append(Entry(message, key, offset, order=order))
             except PoisonMessage as poison:
                 # Keep the verdict, not the traceback: the traceback (and the pydantic error
                 # chained as its context) holds this frame, whose ``messages`` list holds the
@@ -598,7 +601,7 @@ class ConsumerService:
                 # alive until the cyclic GC ran (measured: 65 MB of near-limit messages).
                 poison.__traceback__ = None
                 poison.__context__ = None
-                entries.append(Entry(message, poison=poison))
+                entries.append(Entry(message, key, offset, poison=poison))
         return entries
 
     def _result(self, write: _Write, waiting: int) -> WriteResult:
@@ -890,18 +893,18 @@ class ConsumerService:
             return {}
         return {_tp_key(tp): tp.offset for tp in answer if not tp.error and tp.offset >= 0}
 
-    def _below_floor(self, message: KafkaMessage) -> bool:
-        """Whether ``message`` is below its partition's floor (then it is counted)."""
-        floor = self._floors.get(_msg_key(message))
-        if floor is None or (message.offset() or 0) >= floor:
+    def _below_floor(self, key: PartitionKey, offset: int) -> bool:
+        """Whether ``offset`` of partition ``key`` is below its floor (then it is counted)."""
+        floor = self._floors.get(key)
+        if floor is None or offset >= floor:
             return False
         self.stats.skipped_committed += 1
         self._warn_throttled(
-            f"below-committed-{message.partition()}",
+            f"below-committed-{key[1]}",
             "skipped messages below the group's committed offset: another member stored"
             " them already",
-            partition=message.partition(),
-            offset=message.offset(),
+            partition=key[1],
+            offset=offset,
             committed=floor,
             skipped=self.stats.skipped_committed,
         )
