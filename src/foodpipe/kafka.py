@@ -264,10 +264,17 @@ def group_protocol_config(settings: Settings) -> dict[str, Any]:
 def group_timeouts(settings: Settings) -> tuple[int, int]:
     """(session timeout, heartbeat interval) in ms, the same in both protocols.
 
-    Three heartbeats per session, so one lost heartbeat never evicts a member.
+    At least three heartbeats per session, so one lost heartbeat never evicts a member,
+    and one a second at most often. In the classic protocol the members learn of a
+    rebalance from a heartbeat's answer, and a partition that moves takes two rounds
+    (cooperative-sticky), so the interval sets how fast a scale-out settles: with
+    librdkafka's 3 s, three consumers starting on a backlog had one of them drain ~90%
+    of it while the others waited 6 s for their partitions; with 1 s they got them
+    after 2 s, and the drain of 200,000 orders went from 24.7k-27.0k to 33.8k-37.0k
+    orders/s (2026-12-02). The cost is one small request a second per member.
     """
     session_ms = settings.kafka_session_timeout_ms
-    return session_ms, min(3_000, session_ms // 3)
+    return session_ms, min(1_000, session_ms // 3)
 
 
 def group_config_resource(settings: Settings) -> ConfigResource:

@@ -25,10 +25,11 @@ from tests.poison import valid_order
 from tests.unit.test_consumer_service import make_harness, msg
 
 
-def test_defaults_are_the_librdkafka_ones_the_product_always_used() -> None:
+def test_defaults_are_librdkafkas_but_a_heartbeat_a_second() -> None:
     config = consumer_config(load_settings(_env_file=None))
     assert config["session.timeout.ms"] == 45_000
-    assert config["heartbeat.interval.ms"] == 3_000
+    # Not librdkafka's 3 s: a scale-out settles in two heartbeats (see group_timeouts).
+    assert config["heartbeat.interval.ms"] == 1_000
     assert config["max.poll.interval.ms"] == 300_000
     assert consumer_session(300_000) == CONSUMER_SESSION
 
@@ -39,8 +40,11 @@ def test_group_timeouts_are_settings() -> None:
     )
     config = consumer_config(settings)
     assert config["session.timeout.ms"] == 6_000
-    # A third of the session: one lost heartbeat never evicts the member.
-    assert config["heartbeat.interval.ms"] == 2_000
+    assert config["heartbeat.interval.ms"] == 1_000
+    # The shortest session allowed still gets three heartbeats: one lost heartbeat never
+    # evicts the member.
+    shortest = load_settings(_env_file=None, kafka_session_timeout_ms=6_000)
+    assert consumer_config(shortest)["heartbeat.interval.ms"] * 3 <= 6_000
     assert config["max.poll.interval.ms"] == 10_000
 
 

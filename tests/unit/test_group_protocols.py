@@ -35,7 +35,7 @@ def test_classic_keeps_cooperative_sticky_and_the_client_side_session() -> None:
     assert config["group.protocol"] == "classic"
     assert config["partition.assignment.strategy"] == "cooperative-sticky"
     assert config["session.timeout.ms"] == 9000
-    assert config["heartbeat.interval.ms"] == 3000
+    assert config["heartbeat.interval.ms"] == 1000
     assert "group.remote.assignor" not in config
     assert "group.instance.id" not in config
 
@@ -73,7 +73,7 @@ def test_the_group_gets_the_same_session_timeout_in_the_consumer_protocol() -> N
     values = {entry.name: entry.value for entry in resource.incremental_configs}
     assert values == {
         "consumer.session.timeout.ms": "10000",
-        "consumer.heartbeat.interval.ms": "3000",
+        "consumer.heartbeat.interval.ms": "1000",
     }
 
 
