@@ -1049,12 +1049,15 @@ def test_stop_during_a_batch_finishes_and_commits_it(h: Harness) -> None:
     assert h.events[-1][0] == "close"
 
 
-def test_summary_is_logged_every_interval(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("INFO", "json")
+def test_summary_is_logged_every_interval() -> None:
+    # A stream of its own, not pytest's captured stdout: that one is closed after the
+    # test, and every later test's log line would fail on it.
+    out = io.StringIO()
+    configure_logging("INFO", "json", stream=out)
     h = make_harness()
     h.consumer.steps = [[msg(0, 0, valid_order(1))]] + [[] for _ in range(12)]
     h.run()
-    lines = [line for line in capsys.readouterr().out.splitlines() if '"consumer stats"' in line]
+    lines = [line for line in out.getvalue().splitlines() if '"consumer stats"' in line]
     assert len(lines) >= 2
     assert '"written": 1' in lines[-1]
     assert '"batch_p99_ms"' in lines[-1]
