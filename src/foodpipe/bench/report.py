@@ -219,7 +219,7 @@ def render_markdown(document: dict[str, Any], chart: Path | None = None) -> str:
         if target["met"] is None:
             result = "not measured"
         elif target["met"]:
-            result = "met"
+            result = "met" if target["required"] else "reached (aim)"
         else:
             result = "MISSED" if target["required"] else "not reached (aim)"
         lines.append(
