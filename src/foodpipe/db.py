@@ -321,10 +321,9 @@ class OrderWriter:
                 first_pos, repeat_pos = dedupe([batch[i].order_id for i in todo])
                 firsts = [todo[p] for p in first_pos]
                 repeats = [todo[p] for p in repeat_pos]
-                # The prepared text holds the whole batch: usable only while that is
-                # what goes in (no repeats taken out, first pass).
+                # The prepared text holds the whole batch: usable only when that is what
+                # goes in (no repeat taken out; a later pass holds repeats only, fewer).
                 whole = prepared if len(firsts) == len(batch) else None
-                prepared = None
                 if isolate:
                     inserted, rejected = self._insert_isolating(conn, batch, firsts)
                 else:
